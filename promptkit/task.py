@@ -1,0 +1,145 @@
+"""What to predict: a classification label set or a generation target, and the template to use."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from functools import cached_property
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from promptkit.data import DataSource, Records, read_records
+from promptkit.config import validate
+from promptkit.errors import DataError
+from promptkit.templates import Template, load_template
+
+
+class Task(BaseModel):
+    """A task: its kind, its fields, and the template that formats an example for the model.
+
+    Build one with :meth:`classification` or :meth:`generation`; the template's variables are
+    checked against the task's fields right away.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["classification", "generation"]
+    labels: list[str] = Field(default_factory=list, description="Label names (classification).")
+    text_fields: list[str] = Field(default_factory=list, description="Input fields of an example.")
+    label_field: str = Field("label", description="Field holding the label (classification).")
+    target_field: str = Field("answer", description="Field holding the reference output.")
+    template: str = Field("", description="Template name or path to a .j2 file.")
+    template_dirs: list[str] = Field(default_factory=list, description="Extra template folders.")
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_unique(cls, labels: list[str]) -> list[str]:
+        labels = [str(label) for label in labels]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"labels must be unique, got {labels}")
+        return labels
+
+    @model_validator(mode="after")
+    def _check(self) -> Task:
+        if self.kind == "classification" and len(self.labels) < 2:
+            raise ValueError(
+                f"a classification task needs at least two labels, got {self.labels}"
+            )
+        template = self.template_obj  # loads and checks the template now, not at example 5,000
+        if template.task != self.kind:
+            raise ValueError(
+                f"template {template.name!r} is for {template.task}, but the task is {self.kind}"
+            )
+        template.check_fields(self.text_fields, where=f"the task's fields {self.text_fields}")
+        return self
+
+    # ---- constructors -------------------------------------------------------------------------
+
+    @classmethod
+    def classification(cls, labels: Sequence[str], text_fields: Sequence[str] | str | None = None,
+                       label_field: str = "label", template: str | None = None,
+                       template_dirs: Sequence[str] = ()) -> Task:
+        """A classification task. Only ``labels`` is needed for the common ``text`` → ``label``."""
+        return cls._build(kind="classification", labels=list(labels), text_fields=text_fields,
+                          label_field=label_field, template=template or "classify",
+                          template_dirs=list(template_dirs))
+
+    @classmethod
+    def generation(cls, prompt_fields: Sequence[str] | str | None = None,
+                   target_field: str = "answer", template: str | None = None,
+                   template_dirs: Sequence[str] = ()) -> Task:
+        """A generation task: render ``prompt_fields`` through the template, predict ``target_field``."""
+        return cls._build(kind="generation", text_fields=prompt_fields, target_field=target_field,
+                          template=template or "generate", template_dirs=list(template_dirs))
+
+    @classmethod
+    def _build(cls, text_fields: Sequence[str] | str | None, **kwargs: Any) -> Task:
+        if isinstance(text_fields, str):
+            text_fields = [text_fields]
+        if text_fields is None:  # default: the fields the template reads
+            text_fields = load_template(kwargs["template"], kwargs["template_dirs"]).required_fields
+        return validate(cls, {"text_fields": list(text_fields), **kwargs}, "Task")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Task:
+        return cls.model_validate(data)
+
+    # ---- template -----------------------------------------------------------------------------
+
+    @cached_property
+    def template_obj(self) -> Template:
+        return load_template(self.template, self.template_dirs)
+
+    @property
+    def fingerprint(self) -> str:
+        payload = json.dumps(self.model_dump(), sort_keys=True) + self.template_obj.sha256
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def render(self, record: dict[str, Any], **extra: Any) -> str:
+        return self.template_obj.render(record, labels=self.labels, **extra)
+
+    # ---- data ---------------------------------------------------------------------------------
+
+    def prepare(self, source: DataSource, require_target: bool = True,
+                name: str = "data") -> Records:
+        """Read and validate examples: fields present, labels known. Returns clean records."""
+        if source is None:
+            raise DataError(f"No {name} given.")
+        default_field = self.text_fields[0] if self.text_fields else "text"
+        records = read_records(source, text_field=default_field)
+        if not records:
+            raise DataError(f"The {name} is empty: at least one example is needed.")
+        needed = list(self.text_fields)
+        target = self.label_field if self.kind == "classification" else self.target_field
+        if require_target:
+            needed.append(target)
+        clean = []
+        for index, record in enumerate(records):
+            missing = [f for f in needed if f not in record or record[f] is None]
+            if missing:
+                raise DataError(
+                    f"Example {index} of the {name} lacks field(s) {missing}; it has "
+                    f"{sorted(record)}. Rename the fields or set text_fields/label_field."
+                )
+            row = dict(record)
+            for f in self.text_fields:
+                if not isinstance(row[f], str):
+                    row[f] = str(row[f])
+            if self.kind == "classification" and target in row and row[target] is not None:
+                row[target] = self.label_name(row[target], index, name)
+            clean.append(row)
+        return clean
+
+    def label_name(self, value: Any, index: int = 0, name: str = "data") -> str:
+        text = str(value)
+        if text in self.labels:
+            return text
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(self.labels):
+            return self.labels[value]
+        raise DataError(
+            f"Example {index} of the {name} has label {value!r}, which is not in the label set "
+            f"{self.labels}."
+        )
+
