@@ -1,0 +1,195 @@
+"""PEFT adapters: LoRA (and DoRA), prompt tuning, prefix tuning, P-tuning and IA3.
+
+Each method is a config model (its own settings on top of the shared training settings) and a
+``_peft_config`` that builds the matching ``peft`` config. Training, prediction and saving are
+shared with full fine-tuning. A saved PEFT adapter holds only the adapter weights (plus the
+trained classification head) and a reference to the base model, and stays loadable with plain
+``peft.PeftModel.from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from promptkit import models
+from promptkit.adapters.base import AdapterConfig
+from promptkit.adapters.finetune import FineTuneAdapter, FullFineTune, TrainingConfig
+from promptkit.artifacts import sha256_file
+from promptkit.errors import ArtifactError, ConfigError
+
+_TASK_TYPES = {"seq_cls": "SEQ_CLS", "causal_lm": "CAUSAL_LM", "seq2seq_lm": "SEQ_2_SEQ_LM"}
+
+
+class PeftAdapter(FineTuneAdapter):
+    """Shared PEFT plumbing: wrap the base model, save only adapter weights, reload onto base."""
+
+    def _peft_config(self, task_type: str, model: Any) -> Any:
+        raise NotImplementedError  # every registered subclass overrides this
+
+    def _wrap_model(self, model: Any) -> Any:
+        from peft import get_peft_model
+
+        task_type = _TASK_TYPES[self.head_ or "seq_cls"]
+        try:
+            return get_peft_model(model, self._peft_config(task_type, model))
+        except ValueError as exc:
+            raise ConfigError(
+                f"{self.name}: could not attach to {self.config.model!r} "
+                f"({type(model).__name__}): {exc}. Set target_modules=[...] to the names of the "
+                "layers to adapt."
+            ) from exc
+
+    def _save_model(self, directory: Path) -> None:
+        self.model_.save_pretrained(directory)  # adapter_config.json + adapter_model.safetensors
+        (directory / "base_model.json").write_text(json.dumps(_base_reference(self.config.model)))
+
+    def _load_model(self, directory: Path, manifest: dict[str, Any]) -> Any:
+        from peft import PeftModel
+
+        reference = json.loads((directory / "base_model.json").read_text())
+        current = _base_reference(self.config.model)
+        if reference.get("sha256") and current.get("sha256") != reference["sha256"]:
+            raise ArtifactError(
+                f"{directory}: the base model {self.config.model!r} differs from the one this "
+                f"adapter was trained on (weights sha256 {current.get('sha256')} vs "
+                f"{reference['sha256']}). Load it with the original base model."
+            )
+        base = self._base_model(self.config.model or "", pretrained=True)
+        return PeftModel.from_pretrained(base, str(directory))
+
+    def merge(self) -> FullFineTune:
+        """Fold the adapter into the base weights; returns a ``full`` adapter (LoRA and IA3)."""
+        self._check_fitted()
+        if not hasattr(self.model_, "merge_and_unload"):
+            raise ConfigError(f"{self.name} adapters cannot be merged into the base model.")
+        merged = FullFineTune(TrainingConfig(**{
+            k: v for k, v in self.config.model_dump().items() if k in TrainingConfig.model_fields
+        }))
+        merged.model_ = self.model_.merge_and_unload()
+        merged.tokenizer_, merged.head_ = self.tokenizer_, self.head_
+        merged.fitted_, merged.fit_result_ = True, self.fit_result_
+        return merged
+
+
+def _base_reference(model: str | None) -> dict[str, Any]:
+    path = Path(models.resolve(model or ""))
+    weights = next((p for p in (path / "model.safetensors", path / "pytorch_model.bin")
+                    if p.is_file()), None)
+    return {"model": model, "sha256": sha256_file(weights) if weights else None}
+
+
+class LoraConfig(TrainingConfig):
+    learning_rate: float = Field(5e-4, gt=0, le=1)
+    r: int = Field(8, ge=1, le=1024, description="LoRA rank.")
+    alpha: int = Field(16, ge=1, description="LoRA scaling numerator (lora_alpha).")
+    lora_dropout: float = Field(0.1, ge=0, lt=1)
+    target_modules: list[str] | None = Field(None, description="Layers to adapt; auto if unset.")
+    use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
+
+
+class LoraAdapter(PeftAdapter):
+    """Low-rank updates on the attention projections (DoRA with ``use_dora=True``)."""
+
+    name = "lora"
+    Config: ClassVar[type[AdapterConfig]] = LoraConfig
+    config: LoraConfig
+
+    def _peft_config(self, task_type: str, model: Any) -> Any:
+        from peft import LoraConfig as PeftLoraConfig
+
+        return PeftLoraConfig(task_type=task_type, r=self.config.r, lora_alpha=self.config.alpha,
+                              lora_dropout=self.config.lora_dropout,
+                              target_modules=self.config.target_modules,
+                              use_dora=self.config.use_dora)
+
+
+class PromptTuningConfig(TrainingConfig):
+    learning_rate: float = Field(3e-3, gt=0, le=1)
+    num_virtual_tokens: int = Field(16, ge=1, le=512)
+    init: Literal["random", "text"] = Field("random", description="How to start the soft prompt.")
+    init_text: str = Field("Classify the text.", description="Text for init='text'.")
+
+
+class PromptTuningAdapter(PeftAdapter):
+    """A trained soft prompt of ``num_virtual_tokens`` embeddings; the model stays frozen."""
+
+    name = "prompt_tuning"
+    Config: ClassVar[type[AdapterConfig]] = PromptTuningConfig
+    config: PromptTuningConfig
+
+    def _peft_config(self, task_type: str, model: Any) -> Any:
+        from peft import PromptTuningConfig as PeftPromptTuningConfig
+        from peft import PromptTuningInit
+
+        text = self.config.init == "text"
+        return PeftPromptTuningConfig(
+            task_type=task_type, num_virtual_tokens=self.config.num_virtual_tokens,
+            prompt_tuning_init=PromptTuningInit.TEXT if text else PromptTuningInit.RANDOM,
+            prompt_tuning_init_text=self.config.init_text if text else None,
+            tokenizer_name_or_path=models.resolve(self.config.model or "") if text else None)
+
+
+class PrefixTuningConfig(TrainingConfig):
+    learning_rate: float = Field(3e-3, gt=0, le=1)
+    num_virtual_tokens: int = Field(16, ge=1, le=512)
+    prefix_projection: bool = Field(False, description="Reparameterize through an MLP.")
+
+
+class PrefixTuningAdapter(PeftAdapter):
+    """Trained key/value prefixes in every attention layer."""
+
+    name = "prefix_tuning"
+    Config: ClassVar[type[AdapterConfig]] = PrefixTuningConfig
+    config: PrefixTuningConfig
+
+    def _peft_config(self, task_type: str, model: Any) -> Any:
+        from peft import PrefixTuningConfig as PeftPrefixTuningConfig
+
+        return PeftPrefixTuningConfig(task_type=task_type,
+                                      num_virtual_tokens=self.config.num_virtual_tokens,
+                                      prefix_projection=self.config.prefix_projection)
+
+
+class PTuningConfig(TrainingConfig):
+    learning_rate: float = Field(3e-3, gt=0, le=1)
+    num_virtual_tokens: int = Field(16, ge=1, le=512)
+    encoder_hidden_size: int = Field(64, ge=1)
+
+
+class PTuningAdapter(PeftAdapter):
+    """P-tuning: virtual tokens produced by a small trained prompt encoder."""
+
+    name = "p_tuning"
+    Config: ClassVar[type[AdapterConfig]] = PTuningConfig
+    config: PTuningConfig
+
+    def _peft_config(self, task_type: str, model: Any) -> Any:
+        from peft import PromptEncoderConfig
+
+        return PromptEncoderConfig(task_type=task_type,
+                                   num_virtual_tokens=self.config.num_virtual_tokens,
+                                   encoder_hidden_size=self.config.encoder_hidden_size)
+
+
+class IA3Config(TrainingConfig):
+    learning_rate: float = Field(3e-3, gt=0, le=1)
+    target_modules: list[str] | None = Field(None, description="Layers to rescale; auto if unset.")
+    feedforward_modules: list[str] | None = Field(None)
+
+
+class IA3Adapter(PeftAdapter):
+    """IA3: learned rescaling vectors on keys, values and feed-forward activations."""
+
+    name = "ia3"
+    Config: ClassVar[type[AdapterConfig]] = IA3Config
+    config: IA3Config
+
+    def _peft_config(self, task_type: str, model: Any) -> Any:
+        from peft import IA3Config as PeftIA3Config
+
+        return PeftIA3Config(task_type=task_type, target_modules=self.config.target_modules,
+                             feedforward_modules=self.config.feedforward_modules)

@@ -1,0 +1,89 @@
+"""The transformers ``Trainer`` as promptkit uses it: arguments from a config, weighted loss, a
+JSONL metrics log. The Trainer owns the loop; promptkit only configures it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+
+def training_arguments(config: Any, out: Path, has_eval: bool, higher_is_better: bool,
+                       save: bool) -> TrainingArguments:
+    """Map promptkit's training settings onto ``TrainingArguments``."""
+    strategy = "no"
+    if has_eval:
+        strategy = "steps" if config.eval_steps else "epoch"
+    metric = "loss" if config.metric == "loss" else config.metric
+    keep_best = has_eval and (save or bool(config.early_stopping_patience))
+    save_strategy = strategy if keep_best else ("epoch" if save else "no")
+    return TrainingArguments(
+        output_dir=str(out),
+        num_train_epochs=config.epochs,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        warmup_steps=config.warmup_ratio,
+        lr_scheduler_type=config.lr_scheduler,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        max_grad_norm=config.max_grad_norm,
+        seed=config.seed,
+        data_seed=config.seed,
+        eval_strategy=strategy,
+        eval_steps=config.eval_steps,
+        save_strategy=save_strategy,
+        save_steps=config.eval_steps if save_strategy == "steps" else None,
+        save_total_limit=2 if save_strategy != "no" else None,
+        load_best_model_at_end=keep_best,
+        metric_for_best_model=metric if has_eval else None,
+        greater_is_better=higher_is_better if has_eval else None,
+        logging_steps=config.logging_steps,
+        report_to=list(config.report_to) or "none",
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        disable_tqdm=False,
+        save_only_model=False,
+    )
+
+
+class MetricsLog(TrainerCallback):
+    """Append every logged dict (losses, learning rate, eval metrics) to a JSONL file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
+               **kwargs: Any) -> None:
+        if logs and state.is_world_process_zero:
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+
+class PromptkitTrainer(Trainer):
+    """``Trainer`` plus class-weighted (and label-smoothed) cross-entropy for classification."""
+
+    def __init__(self, *args: Any, class_weights: list[float] | None = None,
+                 metrics_log: Path | None = None, label_smoothing: float = 0.0,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.class_weights = torch.tensor(class_weights) if class_weights else None
+        self.smoothing = label_smoothing
+        if metrics_log is not None:
+            self.add_callback(MetricsLog(metrics_log))
+        if self.class_weights is not None:
+            self.label_smoother = None  # smoothing is folded into the weighted loss below
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        if self.class_weights is None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        loss_fn = torch.nn.CrossEntropyLoss(weight=self.class_weights.to(outputs.logits.device),
+                                            label_smoothing=self.smoothing)
+        loss = loss_fn(outputs.logits.view(-1, outputs.logits.shape[-1]), labels.view(-1))
+        return (loss, outputs) if return_outputs else loss
