@@ -44,6 +44,7 @@ def training_arguments(config: Any, out: Path, has_eval: bool, higher_is_better:
         logging_steps=config.logging_steps,
         report_to=list(config.report_to) or "none",
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
         remove_unused_columns=False,
         disable_tqdm=False,
         save_only_model=False,

@@ -1,0 +1,8 @@
+"""Knowledge bases: load documents, chunk, embed, index in FAISS, search with filters."""
+
+from promptkit.knowledge.base import Hit, KnowledgeBase, UpdateStats
+from promptkit.knowledge.chunking import Chunk, ChunkingConfig, chunk_text
+from promptkit.knowledge.loaders import Document, loaders, scan_folder
+
+__all__ = ["Chunk", "ChunkingConfig", "Document", "Hit", "KnowledgeBase", "UpdateStats",
+           "chunk_text", "loaders", "scan_folder"]

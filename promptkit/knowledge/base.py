@@ -1,0 +1,431 @@
+"""``KnowledgeBase``: documents → chunks → embeddings → FAISS index + SQLite docstore.
+
+A knowledge base is an artifact directory (``manifest.json``, ``docstore.sqlite``,
+``index.faiss``). Re-indexing is incremental by content hash; a file lock serializes writers, and
+each write goes through a temporary directory, so a crash leaves the previous version loadable.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from promptkit.artifacts import read_manifest, write_artifact
+from promptkit.config import validate
+from promptkit.errors import KnowledgeBaseError
+from promptkit.knowledge.chunking import ChunkingConfig, chunk_text
+from promptkit.knowledge.embedder import Embedder, get_embedder
+from promptkit.knowledge.index import (
+    EXACT_BELOW,
+    build_index,
+    choose_index_type,
+    index_types,
+    measure_recall,
+    search_params,
+)
+from promptkit.knowledge.loaders import Document, scan_folder
+from promptkit.knowledge.store import DocStore, text_hash
+
+KIND = "knowledge_base"
+RRF_K = 60
+
+
+@dataclass
+class Hit:
+    """A retrieved chunk: its text, score, source document, character span and metadata."""
+
+    text: str
+    score: float
+    source: str
+    span: tuple[int, int]
+    metadata: dict[str, Any] = field(default_factory=dict)
+    id: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "text": self.text, "score": self.score, "source": self.source,
+                "span": list(self.span), "metadata": self.metadata}
+
+
+@dataclass
+class UpdateStats:
+    added: int = 0
+    changed: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    chunks_embedded: int = 0
+    chunks_reused: int = 0
+
+
+class KnowledgeBase:
+    """A searchable collection of chunks. Build one with :meth:`build`, reopen with :meth:`load`."""
+
+    def __init__(self, embedder: str = "minilm", index: str = "auto",
+                 index_params: dict[str, Any] | None = None,
+                 chunking: ChunkingConfig | Mapping[str, Any] | None = None,
+                 source: str | Path | None = None, strict: bool = False) -> None:
+        if index != "auto" and index not in index_types:
+            raise KnowledgeBaseError(index_types.unknown_message(index))
+        self.embedder_name = embedder
+        self.index_type = index
+        self.index_params = dict(index_params or {})
+        self.chunking = chunking if isinstance(chunking, ChunkingConfig) else validate(
+            ChunkingConfig, dict(chunking or {}), "chunking settings")
+        self.source = str(Path(source).resolve()) if source else None
+        self.strict = strict
+        self.path: Path | None = None
+        self.store = DocStore()
+        self.dimension: int | None = None
+        self.recall_at_10: float | None = None
+        self._embedder: Embedder | None = None
+        self._index: Any = None
+        self._bm25: tuple[Any, list[int]] | None = None
+        self._reranker: Any = None
+        self._loaded_stamp: str | None = None
+
+    # ---- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def build(cls, source: str | Path | Iterable[Any], embedder: str = "minilm",
+              index: str = "auto", chunking: ChunkingConfig | Mapping[str, Any] | None = None,
+              index_params: dict[str, Any] | None = None, strict: bool = False,
+              path: str | Path | None = None) -> KnowledgeBase:
+        """Index a folder (or an iterable of records/strings). With ``path``, also save there."""
+        folder = source if isinstance(source, (str, Path)) else None
+        kb = cls(embedder, index, index_params, chunking, folder, strict)
+        if folder is not None:
+            kb._sync_folder()
+        else:
+            kb._add_records(source)  # type: ignore[arg-type]
+        if path is not None:
+            kb.save(path)
+        return kb
+
+    @classmethod
+    def load(cls, path: str | Path, embedder: str | None = None) -> KnowledgeBase:
+        """Open a saved knowledge base; ``embedder``, if given, must match the one it was built with."""
+        root = Path(path)
+        manifest = read_manifest(root, kind=KIND)
+        config, meta = manifest["config"], manifest["meta"]
+        if embedder is not None and embedder != config["embedder"]:
+            raise KnowledgeBaseError(
+                f"{root} was built with embedder {config['embedder']!r} "
+                f"({meta.get('dimension')} dimensions); it cannot be queried with {embedder!r}. "
+                "Rebuild it with the new embedder, or load it without embedder=."
+            )
+        kb = cls(config["embedder"], config["index"], config.get("index_params"),
+                 config.get("chunking"), None, config.get("strict", False))
+        kb.source = config.get("source")
+        kb._read(root, manifest)
+        kb.path = root
+        return kb
+
+    def _read(self, root: Path, manifest: dict[str, Any]) -> None:
+        import faiss
+
+        self.store = DocStore(root / "docstore.sqlite")
+        self.dimension = manifest["meta"].get("dimension")
+        self.recall_at_10 = manifest["meta"].get("recall_at_10")
+        index_file = root / "index.faiss"
+        try:
+            self._index = faiss.read_index(str(index_file)) if index_file.is_file() else None
+        except RuntimeError as exc:
+            raise KnowledgeBaseError(
+                f"{index_file} could not be read ({str(exc).splitlines()[0]}). The file is "
+                "corrupted; rebuild the knowledge base or restore it from a copy."
+            ) from exc
+        if self._index is not None and self._index.ntotal != self.store.count():
+            raise KnowledgeBaseError(
+                f"{index_file} holds {self._index.ntotal} vectors but the docstore has "
+                f"{self.store.count()} chunks; rebuild the knowledge base."
+            )
+        self._bm25 = None
+        self._loaded_stamp = manifest.get("created", "") + str(manifest["files"])
+
+    # ---- embedding ----------------------------------------------------------------------------
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            self._embedder = get_embedder(self.embedder_name)
+            if self.dimension is not None and self._embedder.dimension != self.dimension:
+                raise KnowledgeBaseError(
+                    f"Embedder {self.embedder_name!r} now gives {self._embedder.dimension}-dim "
+                    f"vectors, but this knowledge base holds {self.dimension}-dim ones. Rebuild it."
+                )
+            self.dimension = self._embedder.dimension
+        return self._embedder
+
+    # ---- writing ------------------------------------------------------------------------------
+
+    def _ingest(self, documents: list[Document], replace: Iterable[str] = ()) -> tuple[int, int]:
+        """Chunk and embed ``documents`` (reusing cached vectors), replacing ``replace`` sources."""
+        embedder = self.embedder
+        limit = min(self.chunking.max_tokens, embedder.max_tokens)
+        config = self.chunking.model_copy(update={"max_tokens": limit})
+        pending = []
+        for doc in documents:
+            for chunk in chunk_text(doc.text, embedder.count_tokens, config, doc.metadata):
+                pending.append((doc.source, chunk, text_hash(chunk.text)))
+        cached = self.store.cached_embeddings(h for _, _, h in pending)
+        self.store.delete_sources(replace)
+        missing = sorted({h: c.text for _, c, h in pending if h not in cached}.items())
+        vectors = embedder.encode([text for _, text in missing])
+        cached.update({h: v for (h, _), v in zip(missing, vectors, strict=True)})
+        next_id = self.store.next_id()
+        rows = [(next_id + i, source, chunk.text, chunk.start, chunk.end, digest,
+                 chunk.metadata, cached[digest])
+                for i, (source, chunk, digest) in enumerate(pending)]
+        self.store.add_chunks(rows)
+        for doc in documents:
+            self.store.put_document(doc.source, doc.content_hash, doc.metadata)
+        self._invalidate()
+        return len(missing), len(pending) - len(missing)
+
+    def _invalidate(self) -> None:
+        self._index = None
+        self._bm25 = None
+
+    def _sync_folder(self) -> UpdateStats:
+        if self.source is None:
+            raise KnowledgeBaseError("This knowledge base was not built from a folder.")
+        documents, _ = scan_folder(Path(self.source), strict=self.strict)
+        known = {s: h for s, h in self.store.document_hashes().items()
+                 if not s.startswith("record:")}
+        stats = UpdateStats()
+        fresh = {d.source: d for d in documents}
+        changed = [d for d in documents if known.get(d.source) != d.content_hash]
+        stats.added = sum(1 for d in changed if d.source not in known)
+        stats.changed = len(changed) - stats.added
+        stats.unchanged = len(documents) - len(changed)
+        removed = [s for s in known if s not in fresh]
+        stats.removed = len(removed)
+        if changed or removed:
+            embedded, reused = self._ingest(changed, replace=[d.source for d in changed] + removed)
+            stats.chunks_embedded, stats.chunks_reused = embedded, reused
+        return stats
+
+    def _add_records(self, records: Iterable[Any]) -> int:
+        documents = []
+        for number, record in enumerate(records):
+            if isinstance(record, str):
+                record = {"text": record}
+            if not isinstance(record, Mapping) or not isinstance(record.get("text"), str):
+                raise KnowledgeBaseError(
+                    f"Record {number} must be a string or a dict with a 'text' string.")
+            meta = {k: v for k, v in record.items() if k not in ("text", "source")}
+            doc = Document(record["text"], "", meta)
+            doc.source = str(record.get("source") or f"record:{doc.content_hash[:16]}")
+            documents.append(doc)
+        embedded, _ = self._ingest(documents, replace=[d.source for d in documents])
+        return embedded
+
+    def _transaction(self, change: Any) -> Any:
+        """Apply ``change`` under the directory's lock, on the latest saved state, then save."""
+        if self.path is None:
+            return change()
+        from filelock import FileLock
+
+        with FileLock(str(self.path) + ".lock"):
+            manifest = read_manifest(self.path, kind=KIND)
+            if manifest.get("created", "") + str(manifest["files"]) != self._loaded_stamp:
+                self._read(self.path, manifest)  # another writer saved since we loaded
+            result = change()
+            self._write(self.path)
+        return result
+
+    def update(self) -> UpdateStats:
+        """Re-scan the source folder: embed new and changed files, drop deleted ones."""
+        return self._transaction(self._sync_folder)  # type: ignore[no-any-return]
+
+    def add(self, records: Iterable[Any]) -> int:
+        """Add records (strings, or dicts with ``text`` plus metadata). Returns chunks embedded."""
+        items = list(records)
+        return self._transaction(lambda: self._add_records(items))  # type: ignore[no-any-return]
+
+    def delete(self, sources: Iterable[str] = (), where: dict[str, Any] | None = None) -> int:
+        """Remove documents by source path, and/or chunks whose metadata match ``where``."""
+        listed = list(sources)
+
+        def change() -> int:
+            removed = self.store.delete_sources(listed)
+            if where:
+                removed += self.store.delete_ids(self.store.ids_matching(where))
+            self._invalidate()
+            return removed
+
+        return self._transaction(change)  # type: ignore[no-any-return]
+
+    def save(self, path: str | Path | None = None) -> Path:
+        """Write the knowledge base as an artifact directory (atomically, under a file lock)."""
+        target = Path(path) if path is not None else self.path
+        if target is None:
+            raise KnowledgeBaseError("save() needs a path the first time.")
+        from filelock import FileLock
+
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(target) + ".lock"):
+            self._write(target)
+        self.path = target
+        return target
+
+    def _write(self, target: Path) -> None:
+        import faiss
+
+        index = self._ensure_index()
+        config = {"embedder": self.embedder_name, "index": self.index_type,
+                  "index_params": self.index_params, "chunking": self.chunking.model_dump(),
+                  "source": self.source, "strict": self.strict}
+        meta = {"dimension": self.dimension, "normalized": True, "metric": "inner_product",
+                "index_type": self.resolved_index_type, "chunks": self.store.count(),
+                "documents": self.store.document_count(), "recall_at_10": self.recall_at_10}
+        with write_artifact(target, kind=KIND, config=config, meta=meta) as staging:
+            self.store.save(staging / "docstore.sqlite")
+            if index is not None:
+                faiss.write_index(index, str(staging / "index.faiss"))
+        self._loaded_stamp = None
+        manifest = read_manifest(target, verify=False)
+        self._loaded_stamp = manifest.get("created", "") + str(manifest["files"])
+
+    # ---- index --------------------------------------------------------------------------------
+
+    @property
+    def resolved_index_type(self) -> str:
+        if self.index_type != "auto":
+            return self.index_type
+        return choose_index_type(self.store.count())
+
+    def _ensure_index(self) -> Any:
+        if self._index is not None:
+            return self._index
+        ids, vectors = self.store.all_vectors()
+        if len(ids) == 0:
+            return None
+        kind = self.resolved_index_type
+        self.dimension = vectors.shape[1]
+        self._index = build_index(kind, vectors, ids, {**self.index_params,
+                                                       "dimension": self.dimension})
+        self.recall_at_10 = 1.0 if kind == "flat" else measure_recall(self._index, vectors)
+        return self._index
+
+    # ---- search -------------------------------------------------------------------------------
+
+    def search(self, query: str, k: int = 10, filter: dict[str, Any] | None = None,
+               hybrid: bool = False, rerank: bool | str = False) -> list[Hit]:
+        """The ``k`` chunks most similar to ``query``.
+
+        ``filter`` is applied before the vector search (FAISS ID selectors), so a selective
+        filter still returns its matches. ``hybrid`` fuses BM25 with dense results by reciprocal
+        rank fusion; ``rerank`` (True or a cross-encoder name) reorders the candidates.
+        """
+        return self.search_many([query], k, filter, hybrid, rerank)[0]
+
+    def search_many(self, queries: list[str], k: int = 10, filter: dict[str, Any] | None = None,
+                    hybrid: bool = False, rerank: bool | str = False) -> list[list[Hit]]:
+        if k < 1:
+            raise KnowledgeBaseError(f"k must be at least 1, got {k}.")
+        if not all(isinstance(q, str) for q in queries):
+            raise KnowledgeBaseError("Queries must be strings.")
+        if self.store.count() == 0:
+            return [[] for _ in queries]
+        allowed = self.store.ids_matching(filter) if filter else None
+        if allowed is not None and not allowed:
+            return [[] for _ in queries]
+        depth = k * 4 if (hybrid or rerank) else k
+        vectors = self.embedder.encode(list(queries), progress=False)
+        dense = self._dense(vectors, depth, allowed)
+        results = []
+        for position, query in enumerate(queries):
+            ranked = dense[position]
+            if hybrid:
+                ranked = _fuse([ranked, self._sparse(query, depth, allowed)])
+            chunks = self.store.fetch(i for i, _ in ranked)
+            hits = [Hit(chunks[i]["text"], float(s), chunks[i]["source"], chunks[i]["span"],
+                        chunks[i]["metadata"], i) for i, s in ranked if i in chunks]
+            if rerank:
+                hits = self._rerank(query, hits, rerank)
+            results.append(hits[:k])
+        return results
+
+    def _dense(self, vectors: np.ndarray, k: int, allowed: list[int] | None
+               ) -> list[list[tuple[int, float]]]:
+        import faiss
+
+        index = self._ensure_index()
+        if vectors.shape[1] != index.d:
+            raise KnowledgeBaseError(
+                f"Query vectors have {vectors.shape[1]} dimensions, the index {index.d}: the "
+                "embedder does not match this knowledge base."
+            )
+        k = min(k, index.ntotal)
+        if allowed is None:
+            scores, ids = index.search(vectors, k)
+        else:
+            selector = faiss.IDSelectorBatch(np.asarray(allowed, dtype=np.int64))
+            scores, ids = index.search(vectors, k, params=search_params(index, selector))
+        return [[(int(i), float(s)) for i, s in zip(row_ids, row_scores, strict=True) if i >= 0]
+                for row_ids, row_scores in zip(ids, scores, strict=True)]
+
+    def _sparse(self, query: str, k: int, allowed: list[int] | None) -> list[tuple[int, float]]:
+        import bm25s
+
+        if self._bm25 is None:
+            ids, texts = self.store.all_texts()
+            retriever = bm25s.BM25()
+            retriever.index(bm25s.tokenize(texts, stopwords="en", show_progress=False),
+                            show_progress=False)
+            self._bm25 = (retriever, ids)
+        retriever, ids = self._bm25
+        tokens = bm25s.tokenize([query], stopwords="en", return_ids=False, show_progress=False)[0]
+        if not tokens:
+            return []
+        scores = np.asarray(retriever.get_scores(tokens), dtype=np.float32)
+        if allowed is not None:
+            mask = np.isin(np.asarray(ids), np.asarray(allowed))
+            scores = np.where(mask, scores, -np.inf)
+        top = np.argsort(-scores)[:k]
+        return [(ids[i], float(scores[i])) for i in top if scores[i] > 0]
+
+    def _rerank(self, query: str, hits: list[Hit], model: bool | str) -> list[Hit]:
+        from sentence_transformers import CrossEncoder
+
+        from promptkit import models
+
+        name = model if isinstance(model, str) else "cross-encoder/ms-marco-MiniLM-L6-v2"
+        if self._reranker is None or self._reranker[0] != name:
+            self._reranker = (name, CrossEncoder(models.resolve(name), num_labels=1))
+        if not hits:
+            return hits
+        scores = self._reranker[1].predict([(query, h.text) for h in hits],
+                                           show_progress_bar=False)
+        for hit, score in zip(hits, scores, strict=True):
+            hit.score = float(score)
+        return sorted(hits, key=lambda h: -h.score)
+
+    # ---- information --------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        return {"documents": self.store.document_count(), "chunks": self.store.count(),
+                "embedder": self.embedder_name, "dimension": self.dimension,
+                "index": self.resolved_index_type, "recall_at_10": self.recall_at_10,
+                "source": self.source, "path": str(self.path) if self.path else None,
+                "exact_below": EXACT_BELOW}
+
+    def __len__(self) -> int:
+        return self.store.count()
+
+    def __repr__(self) -> str:
+        return f"KnowledgeBase({json.dumps(self.stats(), default=str)})"
+
+
+def _fuse(rankings: list[list[tuple[int, float]]]) -> list[tuple[int, float]]:
+    """Reciprocal rank fusion (Cormack et al., 2009) with k = 60."""
+    scores: dict[int, float] = {}
+    for ranking in rankings:
+        for rank, (chunk_id, _) in enumerate(ranking):
+            scores[chunk_id] = scores.get(chunk_id, 0.0) + 1.0 / (RRF_K + rank + 1)
+    return sorted(scores.items(), key=lambda item: -item[1])

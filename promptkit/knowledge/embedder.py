@@ -1,0 +1,55 @@
+"""Sentence embeddings through sentence-transformers: batched, normalized, counted."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from promptkit import models
+
+
+class Embedder:
+    """A sentence-transformers model by alias, id or path; ``calls`` counts encoded texts."""
+
+    def __init__(self, name: str = "minilm", batch_size: int = 64, device: str | None = None,
+                 show_progress: bool = True) -> None:
+        from sentence_transformers import SentenceTransformer
+
+        self.name = name
+        self.batch_size = batch_size
+        self.show_progress = show_progress
+        self.model = SentenceTransformer(models.resolve(name), device=device)
+        self.dimension = int(self.model.get_embedding_dimension() or 0)
+        self.texts_encoded = 0
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.model.tokenizer
+
+    @property
+    def max_tokens(self) -> int:
+        return int(self.model.max_seq_length or 256)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+
+    def encode(self, texts: list[str], progress: bool | None = None) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        self.texts_encoded += len(texts)
+        show = self.show_progress if progress is None else progress
+        vectors = self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
+                                    convert_to_numpy=True,
+                                    show_progress_bar=show and len(texts) > self.batch_size)
+        return np.asarray(vectors, dtype=np.float32)
+
+
+_EMBEDDERS: dict[str, Embedder] = {}
+
+
+def get_embedder(name: str) -> Embedder:
+    """One shared embedder per name in a process (models are read-only at inference)."""
+    if name not in _EMBEDDERS:
+        _EMBEDDERS[name] = Embedder(name)
+    return _EMBEDDERS[name]
