@@ -74,10 +74,12 @@ class PromptAdapter(Adapter):
     # ---- prompts ------------------------------------------------------------------------------
 
     def _demos_for(self, index: int, record: dict[str, Any]) -> list[dict[str, Any]]:
-        if not self.config.shots or not self.demonstrations_:
+        if not self.config.shots:
             return []
         if "demonstrations" in record:  # supplied per input, e.g. retrieved by a knowledge base
             return list(record["demonstrations"])[: self.config.shots]
+        if not self.demonstrations_:
+            return []
         rng = random.Random(self.config.seed * 100_003 + index)
         pool = self.demonstrations_
         return rng.sample(pool, min(self.config.shots, len(pool)))

@@ -52,6 +52,7 @@ class DocStore:
         self.conn.executescript(SCHEMA)
 
     def save(self, path: Path) -> None:
+        self.conn.commit()  # a backup waits forever on an open write transaction
         target = sqlite3.connect(path)
         self.conn.backup(target)
         target.close()
