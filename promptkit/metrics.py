@@ -1,15 +1,25 @@
-"""Metric specs by name: how to compute a metric and which direction is better.
+"""Metric specs by name: how to compute a metric, which direction is better, how to resample it.
 
-A spec's ``compute`` takes aligned lists (references, predictions, and optionally per-example
-score rows) and returns one float. Early stopping and the evaluator read ``higher_is_better`` from
-here, so the direction of a metric is written down once.
+Each spec computes from aligned references and predictions (and per-label scores where needed).
+For fast, vectorized bootstrap intervals a spec also describes itself as either
+
+* ``per_example``: one number per example whose mean is the metric (accuracy, exact match...), or
+* ``stats`` + ``from_stats``: per-example sufficient statistics whose column sums determine the
+  metric (confusion counts for F1, n-gram counts for BLEU, calibration bins for ECE).
+
+Early stopping and the evaluator read ``higher_is_better`` from here: a direction is written once.
 """
 
 from __future__ import annotations
 
+import re
+import string
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
+
+import numpy as np
 
 from promptkit.registry import Registry
 
@@ -18,28 +28,47 @@ MetricKind = Literal["classification", "generation", "retrieval", "rag"]
 
 @dataclass(frozen=True)
 class MetricSpec:
-    """A registered metric.
-
-    ``per_example`` (optional) maps one example to a number whose mean is the metric; metrics that
-    have it get fast, vectorized bootstrap intervals. ``needs_scores`` metrics read per-label
-    probabilities. ``compute`` always gives the exact corpus-level value.
-    """
+    """A registered metric. See the module docstring for ``per_example`` and ``stats``."""
 
     name: str
     kind: MetricKind
     higher_is_better: bool
-    compute: Callable[..., float]
+    per_example: Callable[[Any], np.ndarray] | None = None
+    stats: Callable[[Any], np.ndarray] | None = None
+    from_stats: Callable[[np.ndarray, Any], np.ndarray] | None = None
+    weighted: Callable[[Any, np.ndarray | None], np.ndarray] | None = None
     needs_scores: bool = False
     description: str = ""
-    per_example: Callable[..., Any] | None = None
+
+    def values(self, batch: Any) -> np.ndarray:
+        """Per-example values or statistics, shape (n,) or (n, d)."""
+        fn = self.per_example or self.stats
+        assert fn is not None, f"metric {self.name} defines neither per_example nor stats"
+        return np.asarray(fn(batch), dtype=np.float64)
+
+    def reduce(self, sums: np.ndarray, count: np.ndarray | float, batch: Any) -> np.ndarray:
+        """Metric from column sums (rows are resamples) and example counts."""
+        if self.per_example is not None:
+            return sums / count
+        assert self.from_stats is not None
+        return self.from_stats(sums, batch)
+
+    def compute(self, batch: Any) -> float:
+        if self.weighted is not None:
+            return float(self.weighted(batch, None)[0])
+        values = self.values(batch)
+        if len(values) == 0:
+            return float("nan")
+        return float(np.atleast_1d(self.reduce(values.sum(0)[None], np.array([len(values)]),
+                                               batch))[0])
 
 
 metrics: Registry[MetricSpec] = Registry("metric")
 
 
-def register_metric(spec: MetricSpec) -> MetricSpec:
-    """Register a custom metric: ``register_metric(MetricSpec("my_metric", ...))``."""
-    metrics.register(spec.name, spec)
+def register_metric(spec: MetricSpec, overwrite: bool = False) -> MetricSpec:
+    """Register a custom metric with one call: ``register_metric(MetricSpec(...))``."""
+    metrics.register(spec.name, spec, overwrite=overwrite)
     return spec
 
 
@@ -47,16 +76,292 @@ def get_metric(name: str) -> MetricSpec:
     return metrics.get(name)
 
 
-def _accuracy(refs: Sequence[Any], preds: Sequence[Any], **_: Any) -> float:
-    if not refs:
-        return float("nan")
-    return sum(r == p for r, p in zip(refs, preds, strict=True)) / len(refs)
+# ---- the batch a metric sees ------------------------------------------------------------------
+
+@dataclass
+class ClassificationBatch:
+    """Integer-coded labels: ``refs``/``preds`` index ``labels``; ``scores`` is (n, K) or None."""
+
+    refs: np.ndarray
+    preds: np.ndarray
+    labels: list[str]
+    scores: np.ndarray | None = None
+
+    @classmethod
+    def from_names(cls, refs: Sequence[str], preds: Sequence[str], labels: Sequence[str],
+                   scores: np.ndarray | None = None) -> ClassificationBatch:
+        index = {label: i for i, label in enumerate(labels)}
+        return cls(np.array([index[r] for r in refs], dtype=np.int64),
+                   np.array([index[p] for p in preds], dtype=np.int64), list(labels), scores)
 
 
-def _accuracy_rows(refs: Sequence[Any], preds: Sequence[Any], **_: Any) -> list[float]:
-    return [float(r == p) for r, p in zip(refs, preds, strict=True)]
+@dataclass
+class GenerationBatch:
+    refs: list[str]
+    preds: list[str]
+    contexts: list[list[str]] | None = None
 
 
-register_metric(MetricSpec("accuracy", "classification", True, _accuracy,
-                           description="Share of exact label matches.",
-                           per_example=_accuracy_rows))
+@dataclass
+class RetrievalBatch:
+    """Per query: the ranked ids retrieved and the set of relevant ids."""
+
+    retrieved: list[list[Any]]
+    relevant: list[set[Any]]
+    k: int = 10
+
+
+# ---- classification ---------------------------------------------------------------------------
+
+def _confusion_stats(batch: ClassificationBatch) -> np.ndarray:
+    k = len(batch.labels)
+    onehot = np.zeros((len(batch.refs), k * k), dtype=np.float64)
+    onehot[np.arange(len(batch.refs)), batch.refs * k + batch.preds] = 1.0
+    return onehot
+
+
+def _prf(sums: np.ndarray, batch: ClassificationBatch, which: str, average: str) -> np.ndarray:
+    """Precision/recall/F1 from flattened confusion counts (rows = resamples), as scikit-learn."""
+    k = len(batch.labels)
+    cm = sums.reshape(-1, k, k)  # [resample, true, pred]
+    tp = np.diagonal(cm, axis1=1, axis2=2)
+    predicted, actual = cm.sum(1), cm.sum(2)
+    if average == "micro":
+        tp, predicted, actual = tp.sum(1, keepdims=True), predicted.sum(1, keepdims=True), \
+            actual.sum(1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(predicted > 0, tp / predicted, 0.0)
+        recall = np.where(actual > 0, tp / actual, 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    value = {"precision": precision, "recall": recall, "f1": f1}[which]
+    if average == "weighted":
+        weights = actual / np.maximum(actual.sum(1, keepdims=True), 1)
+        return np.asarray((value * weights).sum(1))
+    if average == "macro":
+        present = (actual + predicted) > 0  # scikit-learn averages over labels seen in y or pred
+        return np.asarray((value * present).sum(1) / np.maximum(present.sum(1), 1))
+    return np.asarray(value[:, 0])
+
+
+def _accuracy(batch: ClassificationBatch) -> np.ndarray:
+    return (batch.refs == batch.preds).astype(np.float64)
+
+
+def _log_loss(batch: ClassificationBatch) -> np.ndarray:
+    assert batch.scores is not None
+    probs = np.clip(batch.scores / batch.scores.sum(1, keepdims=True), 1e-15, 1.0)
+    return -np.log(probs[np.arange(len(batch.refs)), batch.refs])
+
+
+ECE_BINS = 15
+
+
+def _ece_stats(batch: ClassificationBatch) -> np.ndarray:
+    assert batch.scores is not None
+    confidence = batch.scores.max(1)
+    correct = (batch.scores.argmax(1) == batch.refs).astype(np.float64)
+    bins = np.minimum((confidence * ECE_BINS).astype(int), ECE_BINS - 1)
+    stats = np.zeros((len(batch.refs), ECE_BINS * 3))
+    rows = np.arange(len(batch.refs))
+    stats[rows, bins * 3] = 1.0
+    stats[rows, bins * 3 + 1] = confidence
+    stats[rows, bins * 3 + 2] = correct
+    return stats
+
+
+def _ece_from_stats(sums: np.ndarray, batch: Any) -> np.ndarray:
+    s = sums.reshape(sums.shape[0], ECE_BINS, 3)
+    counts = s[:, :, 0]
+    total = np.maximum(counts.sum(1), 1)
+    gap = np.abs(s[:, :, 1] - s[:, :, 2])  # |sum conf - sum correct| per bin = n_b |conf - acc|
+    return np.asarray(gap.sum(1) / total)
+
+
+def roc_auc(refs: np.ndarray, scores: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """ROC-AUC (one-vs-rest macro for K > 2) with optional resampling weights (rows).
+
+    Ties count one half, as in scikit-learn. ``weights`` has shape (B, n); the result (B,).
+    """
+    n, k = scores.shape
+    w = np.ones((1, n)) if weights is None else weights
+    classes = [1] if k == 2 else list(range(k))
+    aucs = []
+    for c in classes:
+        score = scores[:, c]
+        levels, inverse = np.unique(score, return_inverse=True)
+        positive = (refs == c).astype(np.float64)
+        pos = np.zeros((w.shape[0], len(levels)))
+        neg = np.zeros((w.shape[0], len(levels)))
+        np.add.at(pos.T, inverse, (w * positive).T)
+        np.add.at(neg.T, inverse, (w * (1 - positive)).T)
+        below = np.cumsum(neg, axis=1) - neg
+        pairs = (pos * (below + 0.5 * neg)).sum(1)
+        denom = pos.sum(1) * neg.sum(1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            aucs.append(np.where(denom > 0, pairs / denom, np.nan))
+    return np.asarray(np.nanmean(np.vstack(aucs), axis=0) if k > 2 else aucs[0])
+
+
+def _register_classification() -> None:
+    register_metric(MetricSpec("accuracy", "classification", True, per_example=_accuracy,
+                               description="Share of exact label matches."))
+    for which in ("precision", "recall", "f1"):
+        for average in ("macro", "micro", "weighted"):
+            register_metric(MetricSpec(
+                f"{which}_{average}", "classification", True, stats=_confusion_stats,
+                from_stats=lambda s, b, w=which, a=average: _prf(s, b, w, a),
+                description=f"{which.capitalize()}, {average}-averaged over labels."))
+    register_metric(MetricSpec(
+        "roc_auc", "classification", True, needs_scores=True,
+        weighted=lambda b, w: roc_auc(b.refs, b.scores, w),
+        description="Area under the ROC curve (one-vs-rest macro for more than two labels)."))
+    register_metric(MetricSpec("log_loss", "classification", False, per_example=_log_loss,
+                               needs_scores=True, description="Cross-entropy of the scores."))
+    register_metric(MetricSpec("ece", "classification", False, stats=_ece_stats,
+                               from_stats=_ece_from_stats, needs_scores=True,
+                               description=f"Expected calibration error, {ECE_BINS} bins."))
+
+
+# ---- generation -------------------------------------------------------------------------------
+
+def normalize_answer(text: str) -> str:
+    """SQuAD normalization: lowercase, drop punctuation and articles, squeeze spaces."""
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def token_f1(reference: str, prediction: str) -> float:
+    ref, pred = normalize_answer(reference).split(), normalize_answer(prediction).split()
+    if not ref or not pred:
+        return float(ref == pred)
+    common = sum((Counter(ref) & Counter(pred)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def _exact_match(batch: GenerationBatch) -> np.ndarray:
+    return np.array([float(normalize_answer(r) == normalize_answer(p))
+                     for r, p in zip(batch.refs, batch.preds, strict=True)])
+
+
+def _token_f1(batch: GenerationBatch) -> np.ndarray:
+    return np.array([token_f1(r, p) for r, p in zip(batch.refs, batch.preds, strict=True)])
+
+
+def _rouge_l(batch: GenerationBatch) -> np.ndarray:
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return np.array([scorer.score(r, p)["rougeL"].fmeasure
+                     for r, p in zip(batch.refs, batch.preds, strict=True)])
+
+
+def _bleu_stats(batch: GenerationBatch) -> np.ndarray:
+    from sacrebleu.metrics import BLEU
+
+    rows = BLEU()._extract_corpus_statistics(list(batch.preds), [list(batch.refs)])
+    return np.asarray(rows, dtype=np.float64)
+
+
+def _bleu_from_stats(sums: np.ndarray, batch: Any) -> np.ndarray:
+    from sacrebleu.metrics import BLEU
+
+    bleu = BLEU()
+    return np.array([bleu._compute_score_from_stats([int(x) for x in row]).score / 100.0
+                     for row in sums])
+
+
+def _support(answer: str, contexts: list[str]) -> float:
+    words = normalize_answer(answer).split()
+    if not words:
+        return 0.0
+    context = set(normalize_answer(" ".join(contexts)).split())
+    return sum(w in context for w in words) / len(words)
+
+
+def _context_recall(batch: GenerationBatch) -> np.ndarray:
+    contexts = batch.contexts or [[] for _ in batch.refs]
+    return np.array([_support(r, c) for r, c in zip(batch.refs, contexts, strict=True)])
+
+
+def _answer_context_overlap(batch: GenerationBatch) -> np.ndarray:
+    contexts = batch.contexts or [[] for _ in batch.preds]
+    return np.array([_support(p, c) for p, c in zip(batch.preds, contexts, strict=True)])
+
+
+def _register_generation() -> None:
+    register_metric(MetricSpec("exact_match", "generation", True, per_example=_exact_match,
+                               description="Normalized answer equals the reference (SQuAD)."))
+    register_metric(MetricSpec("token_f1", "generation", True, per_example=_token_f1,
+                               description="Token-overlap F1 after SQuAD normalization."))
+    register_metric(MetricSpec("rouge_l", "generation", True, per_example=_rouge_l,
+                               description="ROUGE-L F-measure (rouge-score), mean over examples."))
+    register_metric(MetricSpec("bleu", "generation", True, stats=_bleu_stats,
+                               from_stats=_bleu_from_stats,
+                               description="Corpus BLEU (sacrebleu), scaled to 0-1."))
+    register_metric(MetricSpec("context_recall", "rag", True, per_example=_context_recall,
+                               description="Share of reference-answer words found in the "
+                                           "retrieved passages."))
+    register_metric(MetricSpec("answer_context_overlap", "rag", True,
+                               per_example=_answer_context_overlap,
+                               description="Share of predicted-answer words found in the "
+                                           "retrieved passages."))
+
+
+# ---- retrieval --------------------------------------------------------------------------------
+
+def _rank_of_first(batch: RetrievalBatch) -> list[int | None]:
+    ranks: list[int | None] = []
+    for retrieved, relevant in zip(batch.retrieved, batch.relevant, strict=True):
+        ranks.append(next((i + 1 for i, r in enumerate(retrieved) if r in relevant), None))
+    return ranks
+
+
+def _recall_at_k(batch: RetrievalBatch) -> np.ndarray:
+    return np.array([len(set(r[: batch.k]) & rel) / max(len(rel), 1)
+                     for r, rel in zip(batch.retrieved, batch.relevant, strict=True)])
+
+
+def _precision_at_k(batch: RetrievalBatch) -> np.ndarray:
+    return np.array([len(set(r[: batch.k]) & rel) / batch.k
+                     for r, rel in zip(batch.retrieved, batch.relevant, strict=True)])
+
+
+def _hit_rate(batch: RetrievalBatch) -> np.ndarray:
+    return np.array([float(rank is not None and rank <= batch.k) for rank in
+                     _rank_of_first(batch)])
+
+
+def _mrr(batch: RetrievalBatch) -> np.ndarray:
+    return np.array([1.0 / rank if rank is not None and rank <= batch.k else 0.0
+                     for rank in _rank_of_first(batch)])
+
+
+def _ndcg(batch: RetrievalBatch) -> np.ndarray:
+    values = []
+    for retrieved, relevant in zip(batch.retrieved, batch.relevant, strict=True):
+        dcg = sum(1.0 / np.log2(i + 2) for i, r in enumerate(retrieved[: batch.k])
+                  if r in relevant)
+        ideal = sum(1.0 / np.log2(i + 2) for i in range(min(len(relevant), batch.k)))
+        values.append(dcg / ideal if ideal else 0.0)
+    return np.array(values)
+
+
+def _register_retrieval() -> None:
+    for name, fn, text in [
+        ("recall_at_k", _recall_at_k, "Share of relevant items in the top k."),
+        ("precision_at_k", _precision_at_k, "Share of the top k that is relevant."),
+        ("hit_rate", _hit_rate, "Queries with at least one relevant item in the top k."),
+        ("mrr", _mrr, "Mean reciprocal rank of the first relevant item (0 past k)."),
+        ("ndcg_at_k", _ndcg, "Normalized discounted cumulative gain at k (binary relevance)."),
+    ]:
+        register_metric(MetricSpec(name, "retrieval", True, per_example=fn, description=text))
+
+
+_register_classification()
+_register_generation()
+_register_retrieval()

@@ -7,10 +7,11 @@ the promptkit cache (atomically, under a file lock) and loaded from there afterw
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -182,10 +183,23 @@ def load_model(name: str, head: Head, num_labels: int | None = None,
         kwargs.update(num_labels=len(labels), id2label=labels,
                       label2id={v: k for k, v in labels.items()})
     try:
-        model = classes[head].from_pretrained(path, **kwargs)
+        with _quiet_transformers():  # a fresh classification head is expected, not news
+            model = classes[head].from_pretrained(path, **kwargs)
     except OSError as exc:
         raise ModelNotAvailableError(f"Could not load model {name!r} from {path}: {exc}") from exc
     return model
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    from transformers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
 
 
 def architecture_head(name: str) -> Head:

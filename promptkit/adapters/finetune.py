@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+import numpy as np
 from pydantic import Field, field_validator
 
 from promptkit import models
@@ -276,10 +277,13 @@ class FineTuneAdapter(Adapter):
         return [float(setting.get(label, 1.0)) for label in labels]
 
     def _compute_metrics(self, prediction: Any) -> dict[str, float]:
+        from promptkit.metrics import ClassificationBatch
+
         spec = metrics.get(self.config.metric if self.config.metric != "loss" else "accuracy")
-        refs = [self.task.labels[int(i)] for i in prediction.label_ids]
-        preds = [self.task.labels[int(i)] for i in prediction.predictions]
-        return {spec.name: spec.compute(refs, preds)}
+        batch = ClassificationBatch(np.asarray(prediction.label_ids).astype(np.int64).ravel(),
+                                    np.asarray(prediction.predictions).astype(np.int64).ravel(),
+                                    list(self.task.labels))
+        return {spec.name: spec.compute(batch)}
 
     def _mean_loss(self, rows: list[dict[str, Any]]) -> float:
         """Mean loss on a fixed probe set, measured the same way before and after training."""

@@ -1,0 +1,14 @@
+"""Evaluation: metrics with bootstrap intervals, paired significance tests, reports."""
+
+from promptkit.evaluation.evaluator import AdapterResult, Comparison, Evaluator
+from promptkit.evaluation.report import Report
+from promptkit.evaluation.stats import (
+    Interval,
+    bootstrap,
+    mcnemar_exact,
+    paired_bootstrap,
+    paired_permutation,
+)
+
+__all__ = ["AdapterResult", "Comparison", "Evaluator", "Interval", "Report", "bootstrap",
+           "mcnemar_exact", "paired_bootstrap", "paired_permutation"]

@@ -1,0 +1,298 @@
+"""``Evaluator``: score adapters on the same data, with intervals and paired significance tests."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import resource
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+
+from promptkit.adapters.base import Adapter, Prediction
+from promptkit.data import DataSource
+from promptkit.errors import ConfigError, DataError
+from promptkit.evaluation.stats import (
+    Interval,
+    bootstrap,
+    mcnemar_exact,
+    paired_bootstrap,
+    paired_permutation,
+)
+from promptkit.metrics import (
+    ClassificationBatch,
+    GenerationBatch,
+    MetricSpec,
+    RetrievalBatch,
+    metrics,
+)
+from promptkit.metrics import metrics as metric_registry
+from promptkit.task import Task
+
+CLASSIFICATION_DEFAULTS = ["accuracy", "f1_macro", "precision_macro", "recall_macro"]
+SCORE_DEFAULTS = ["roc_auc", "log_loss", "ece"]
+GENERATION_DEFAULTS = ["exact_match", "token_f1", "rouge_l", "bleu"]
+RAG_DEFAULTS = ["context_recall", "answer_context_overlap"]
+RETRIEVAL_DEFAULTS = ["hit_rate", "mrr", "ndcg_at_k", "recall_at_k", "precision_at_k"]
+LIBRARIES = ["promptkit", "torch", "transformers", "peft", "sentence-transformers", "faiss-cpu",
+             "scikit-learn", "numpy"]
+
+
+@dataclass
+class AdapterResult:
+    """Everything measured for one adapter on one dataset."""
+
+    name: str
+    metrics: dict[str, Interval]
+    costs: dict[str, Any] = field(default_factory=dict)
+    per_class: dict[str, dict[str, float]] = field(default_factory=dict)
+    confusion: list[list[int]] | None = None
+    predictions: list[dict[str, Any]] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+    batch: Any = None  # kept for paired tests; not serialized
+
+
+@dataclass
+class Comparison:
+    a: str
+    b: str
+    metric: str
+    difference: float
+    p_value: float
+    test: str
+    significant: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def library_versions() -> dict[str, str]:
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def data_hash(records: Sequence[Mapping[str, Any]]) -> str:
+    digest = hashlib.sha256()
+    for record in records:
+        digest.update(json.dumps(record, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:16]
+
+
+class Evaluator:
+    """Metrics with bootstrap confidence intervals for one adapter; paired comparison of many.
+
+    ``metrics=None`` picks defaults from the task kind (and adds score-based metrics when the
+    predictions carry scores). Every interval uses the same resamples (fixed ``seed``).
+    """
+
+    def __init__(self, task: Task | None = None, metrics: Sequence[str] | None = None,
+                 resamples: int = 1000, alpha: float = 0.05, seed: int = 0) -> None:
+        if resamples < 10:
+            raise ConfigError(f"resamples must be at least 10, got {resamples}.")
+        if not 0 < alpha < 0.5:
+            raise ConfigError(f"alpha must be between 0 and 0.5, got {alpha}.")
+        self.task = task
+        self.metric_names = list(metrics) if metrics else None
+        for name in self.metric_names or []:
+            metric_registry.get(name)  # unknown names fail now, with suggestions
+        self.resamples, self.alpha, self.seed = resamples, alpha, seed
+
+    # ---- adapters -----------------------------------------------------------------------------
+
+    def evaluate(self, adapter: Adapter, data: DataSource, name: str | None = None) -> Report:
+        return self.compare({name or adapter.name: adapter}, data)
+
+    def compare(self, adapters: Mapping[str, Adapter], data: DataSource,
+                progress: Callable[[str], None] | None = None) -> Report:
+        """Predict with every adapter on ``data`` and compare them pairwise."""
+        if not adapters:
+            raise ConfigError("compare() needs at least one adapter.")
+        task = self.task or next(iter(adapters.values())).task
+        records = task.prepare(data, name="evaluation data")
+        results = []
+        for name, adapter in adapters.items():
+            if progress:
+                progress(name)
+            start = time.perf_counter()
+            predictions = adapter.predict(records)
+            seconds = time.perf_counter() - start
+            result = self.score(task, records, predictions, name)
+            result.costs.update(_costs(adapter, len(records), seconds))
+            result.config = {"adapter": adapter.name, **_safe_config(adapter)}
+            results.append(result)
+        return self._report(task, results, records)
+
+    def score(self, task: Task, records: Sequence[Mapping[str, Any]],
+              predictions: Sequence[Prediction], name: str = "predictions") -> AdapterResult:
+        """Metrics for precomputed predictions (aligned with ``records``)."""
+        if len(records) != len(predictions):
+            raise DataError(f"{len(predictions)} predictions for {len(records)} examples.")
+        if task.kind == "classification":
+            return self._score_classification(task, records, predictions, name)
+        return self._score_generation(task, records, predictions, name)
+
+    def _specs(self, defaults: list[str]) -> list[MetricSpec]:
+        return [metrics.get(n) for n in (self.metric_names or defaults)]
+
+    def _score_classification(self, task: Task, records: Sequence[Mapping[str, Any]],
+                              predictions: Sequence[Prediction], name: str) -> AdapterResult:
+        labels = task.labels
+        have_scores = all(p.scores for p in predictions)
+        scores = (np.array([[p.scores[label] for label in labels] for p in predictions])  # type: ignore[index]
+                  if have_scores else None)
+        batch = ClassificationBatch.from_names([r[task.label_field] for r in records],
+                                               [str(p.label) for p in predictions], labels, scores)
+        specs = self._specs(CLASSIFICATION_DEFAULTS + (SCORE_DEFAULTS if have_scores else []))
+        specs = [s for s in specs if have_scores or not s.needs_scores]
+        intervals = bootstrap(specs, batch, len(records), self.resamples, self.alpha, self.seed)
+        k = len(labels)
+        confusion = np.bincount(batch.refs * k + batch.preds, minlength=k * k).reshape(k, k)
+        per_class = {}
+        for i, label in enumerate(labels):
+            tp, predicted, actual = confusion[i, i], confusion[:, i].sum(), confusion[i].sum()
+            precision = tp / predicted if predicted else 0.0
+            recall = tp / actual if actual else 0.0
+            f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+            per_class[label] = {"precision": float(precision), "recall": float(recall),
+                                "f1": float(f1), "support": int(actual)}
+        rows = [{"index": i, "reference": r[task.label_field], **p.to_dict()}
+                for i, (r, p) in enumerate(zip(records, predictions, strict=True))]
+        return AdapterResult(name, intervals, per_class=per_class,
+                             confusion=confusion.tolist(), predictions=rows, batch=batch)
+
+    def _score_generation(self, task: Task, records: Sequence[Mapping[str, Any]],
+                          predictions: Sequence[Prediction], name: str) -> AdapterResult:
+        contexts = None
+        if any(p.sources for p in predictions):
+            contexts = [[s.get("text", "") for s in (p.sources or [])] for p in predictions]
+        batch = GenerationBatch([str(r[task.target_field]) for r in records],
+                                [p.text or "" for p in predictions], contexts)
+        specs = self._specs(GENERATION_DEFAULTS + (RAG_DEFAULTS if contexts else []))
+        intervals = bootstrap(specs, batch, len(records), self.resamples, self.alpha, self.seed)
+        rows = [{"index": i, "reference": r[task.target_field],
+                 **{f: r[f] for f in task.text_fields}, **p.to_dict()}
+                for i, (r, p) in enumerate(zip(records, predictions, strict=True))]
+        return AdapterResult(name, intervals, predictions=rows, batch=batch)
+
+    # ---- retrieval ----------------------------------------------------------------------------
+
+    def retrieval(self, searchers: Mapping[str, Callable[[str], list[Any]]],
+                  queries: Sequence[str], relevant: Sequence[set[Any]], k: int = 10,
+                  cutoffs: Sequence[int] = (1, 5, 10)) -> Report:
+        """Compare retrieval systems: each searcher maps a query to ranked ids."""
+        results = []
+        for name, search in searchers.items():
+            start = time.perf_counter()
+            retrieved = [list(search(q))[:k] for q in queries]
+            seconds = time.perf_counter() - start
+            intervals: dict[str, Interval] = {}
+            batch = None
+            for cutoff in cutoffs:
+                batch = RetrievalBatch(retrieved, [set(r) for r in relevant], cutoff)
+                found = bootstrap([metrics.get("recall_at_k")], batch, len(queries),
+                                  self.resamples, self.alpha, self.seed)
+                intervals[f"recall@{cutoff}"] = found["recall_at_k"]
+            batch = RetrievalBatch(retrieved, [set(r) for r in relevant], k)
+            found = bootstrap([metrics.get("mrr"), metrics.get("ndcg_at_k")], batch,
+                              len(queries), self.resamples, self.alpha, self.seed)
+            intervals["mrr"], intervals[f"ndcg@{k}"] = found["mrr"], found["ndcg_at_k"]
+            rows = [{"index": i, "query": q, "retrieved": r, "relevant": sorted(map(str, rel))}
+                    for i, (q, r, rel) in enumerate(zip(queries, retrieved, relevant,
+                                                        strict=True))]
+            results.append(AdapterResult(name, intervals, predictions=rows, batch=batch, costs={
+                "queries_per_second": len(queries) / max(seconds, 1e-9)}))
+        report = Report("retrieval", results, [], self._reproducibility(None, []), self.alpha)
+        report.comparisons = self._compare_retrieval(results)
+        return report
+
+    def _compare_retrieval(self, results: list[AdapterResult]) -> list[Comparison]:
+        out = []
+        spec = metrics.get("mrr")
+        for i, a in enumerate(results):
+            for b in results[i + 1:]:
+                p = paired_permutation(spec.values(a.batch), spec.values(b.batch),
+                                       seed=self.seed)
+                diff = a.metrics["mrr"].value - b.metrics["mrr"].value
+                out.append(Comparison(a.name, b.name, "mrr", diff, p, "paired permutation",
+                                      p < self.alpha))
+        return out
+
+    # ---- report -------------------------------------------------------------------------------
+
+    def _report(self, task: Task, results: list[AdapterResult],
+                records: Sequence[Mapping[str, Any]]) -> Report:
+        comparisons = []
+        for i, a in enumerate(results):
+            for b in results[i + 1:]:
+                for name in a.metrics:
+                    if name not in b.metrics:
+                        continue
+                    comparisons.append(self._paired(metrics.get(name), a, b))
+        return Report(task.kind, results, comparisons, self._reproducibility(task, records),
+                      self.alpha, labels=list(task.labels))
+
+    def _paired(self, spec: MetricSpec, a: AdapterResult, b: AdapterResult) -> Comparison:
+        n = len(a.predictions)
+        difference = a.metrics[spec.name].value - b.metrics[spec.name].value
+        if spec.name == "accuracy":
+            test = "McNemar exact"
+            p = mcnemar_exact(a.batch.refs == a.batch.preds, b.batch.refs == b.batch.preds)[
+                "p_value"]
+        elif spec.per_example is not None:
+            test = "paired permutation"
+            p = paired_permutation(spec.values(a.batch), spec.values(b.batch), seed=self.seed)
+        else:
+            test = "paired bootstrap"
+            p = paired_bootstrap(spec, a.batch, b.batch, n, self.resamples, self.seed)
+        return Comparison(a.name, b.name, spec.name, difference, p, test, p < self.alpha)
+
+    def _reproducibility(self, task: Task | None, records: Sequence[Mapping[str, Any]]
+                         ) -> dict[str, Any]:
+        info: dict[str, Any] = {"libraries": library_versions(), "seed": self.seed,
+                                "resamples": self.resamples, "alpha": self.alpha}
+        if task is not None:
+            info.update(task=task.model_dump(mode="json"),
+                        template_sha256=task.template_obj.sha256,
+                        data_sha256=data_hash(records), examples=len(records))
+        return info
+
+
+def _safe_config(adapter: Adapter) -> dict[str, Any]:
+    try:
+        config = adapter.config.to_dict()
+    except Exception:  # a config with exotic values must not break a report
+        return {}
+    config.pop("task", None)
+    return config
+
+
+def _costs(adapter: Adapter, n: int, seconds: float) -> dict[str, Any]:
+    fit = adapter.fit_result_
+    costs: dict[str, Any] = {
+        "fit_seconds": round(fit.fit_seconds, 3) if fit else None,
+        "trainable_params": fit.trainable_params if fit else 0,
+        "predict_examples_per_second": round(n / max(seconds, 1e-9), 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    try:
+        from promptkit.artifacts import artifact_size
+
+        with tempfile.TemporaryDirectory() as folder:
+            adapter.save(f"{folder}/artifact")
+            costs["artifact_mb"] = round(artifact_size(f"{folder}/artifact") / 2**20, 2)
+    except Exception:  # an adapter that cannot be saved still gets its other costs
+        costs["artifact_mb"] = None
+    return costs
+
+
+from promptkit.evaluation.report import Report  # noqa: E402  (Report imports nothing from here)
