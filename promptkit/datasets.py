@@ -220,5 +220,18 @@ def python_faq() -> DatasetSplits:
     folder = knowledge_dir("python-faq")
     rows = [json.loads(line) for line in
             (folder / "questions.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+    answers = _faq_answers(folder)
+    for row in rows:  # a short reference answer: the first paragraph of the answer passage
+        row["answer"] = answers.get(row["passage_id"], "")
     return DatasetSplits("python_faq", {"test": rows}, None,
                          f"{len(rows)} Python FAQ questions; answers in {folder}.")
+
+
+def _faq_answers(folder: Path) -> dict[str, str]:
+    answers: dict[str, str] = {}
+    for page in sorted(folder.glob("*.md")):
+        for block in page.read_text(encoding="utf-8").split("\n### ")[1:]:
+            passage_id, _, body = block.partition("\n")
+            paragraph = body.strip().split("\n\n")[0]
+            answers[passage_id.strip()] = " ".join(paragraph.split())
+    return answers

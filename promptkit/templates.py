@@ -298,7 +298,8 @@ def parse_header(text: str, where: str = "<string>") -> tuple[dict[str, Any], in
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = (mark.line + 2) if mark is not None else 1
-        raise TemplateError(f"{where}:{line}: header is not valid YAML: {exc}") from exc
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise TemplateError(f"{where}:{line}: header is not valid YAML: {problem}") from exc
     if not isinstance(header, dict):
         raise TemplateError(f"{where}:1: header must be a YAML mapping, got {type(header).__name__}.")
     return header, text[: match.end()].count("\n") + 1

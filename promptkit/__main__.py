@@ -1,0 +1,3 @@
+from promptkit.cli import main
+
+main()

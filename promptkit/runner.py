@@ -1,0 +1,211 @@
+"""Run configs: YAML files that describe experiments, validated by pydantic, run end to end.
+
+An experiment names a dataset, a task, and adapters (each a registry name plus the same settings
+the Python API takes); the runner fits each adapter, compares them with the Evaluator, and writes
+one report per experiment plus a combined report in the output folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field
+
+from promptkit.config import StrictModel, validate
+from promptkit.errors import ConfigError
+
+log = logging.getLogger("promptkit")
+
+
+class KnowledgeSpec(StrictModel):
+    source: str = Field(description="Folder to index, or a saved knowledge base directory.")
+    embedder: str = Field("minilm")
+    index: str = Field("auto")
+
+
+class ExperimentConfig(StrictModel):
+    name: str = Field(description="Folder name of this experiment's report.")
+    data: str = Field(description="Dataset name (promptkit.datasets) or a .jsonl/.csv path.")
+    task: dict[str, Any] = Field(description="kind: classification|generation, plus Task args.")
+    train_split: str = "train"
+    eval_split: str | None = "validation"
+    test_split: str = "test"
+    subsample: dict[str, int] = Field(default_factory=dict,
+                                      description="Examples kept per split, e.g. {train: 2000}.")
+    adapters: dict[str, dict[str, Any]] = Field(
+        description="name -> {adapter: registry name, ...settings}; 'base' nests an adapter, "
+                    "'knowledge' names a knowledge spec key.")
+    knowledge: dict[str, KnowledgeSpec] = Field(default_factory=dict)
+    metrics: list[str] | None = None
+    resamples: int = Field(1000, ge=10)
+    fit: bool = Field(True, description="Fit adapters on the train split before evaluating.")
+
+
+class RunConfig(StrictModel):
+    output: str = Field("runs/run", description="Folder for reports and adapters.")
+    title: str = "promptkit run"
+    seed: int = 0
+    save_adapters: bool = False
+    experiments: list[ExperimentConfig]
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML run config, apply ``key.path=value`` overrides, and validate it."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"Run config {file} does not exist.")
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file} must hold a mapping at the top level.")
+    for override in overrides or []:
+        apply_override(data, override)
+        log.warning("override from the command line: %s", override)
+    return validate(RunConfig, data, f"run config {file}")
+
+
+def apply_override(data: dict[str, Any], override: str) -> None:
+    """Set ``a.b.0.c=value`` in nested dicts/lists; the value is parsed as YAML."""
+    if "=" not in override:
+        raise ConfigError(f"Override {override!r} must look like key.path=value.")
+    key, _, raw = override.partition("=")
+    parts = key.strip().split(".")
+    node: Any = data
+    for index, part in enumerate(parts):
+        last = index == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"Override {override!r}: {part!r} is not an index of a list "
+                                  f"of {len(node)}.")
+            if last:
+                node[int(part)] = yaml.safe_load(raw)
+            else:
+                node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = yaml.safe_load(raw)
+            else:
+                node = node.setdefault(part, {})
+        else:
+            raise ConfigError(f"Override {override!r}: cannot descend into {part!r}.")
+
+
+def build_task(spec: dict[str, Any]) -> Any:
+    from promptkit.task import Task
+
+    args = dict(spec)
+    kind: Literal["classification", "generation"] | None = args.pop("kind", None)
+    if kind == "classification":
+        return Task.classification(**args)
+    if kind == "generation":
+        return Task.generation(**args)
+    raise ConfigError(f"task.kind must be 'classification' or 'generation', got {kind!r}.")
+
+
+def load_splits(experiment: ExperimentConfig, seed: int) -> dict[str, list[dict[str, Any]]]:
+    from promptkit import datasets
+    from promptkit.data import read_records
+
+    if experiment.data in datasets.datasets:
+        source = datasets.load(experiment.data)
+        splits = {name: list(source[name]) for name in source}
+    else:
+        splits = {experiment.test_split: read_records(experiment.data)}
+    for name, size in experiment.subsample.items():
+        if name in splits and size < len(splits[name]):
+            rows = list(splits[name])
+            random.Random(seed).shuffle(rows)
+            splits[name] = rows[:size]
+    return splits
+
+
+def build_adapter(spec: dict[str, Any], task: Any, knowledge: dict[str, Any]) -> Any:
+    from promptkit.adapters import create_adapter
+
+    settings = dict(spec)
+    name = settings.pop("adapter", None)
+    if not name:
+        raise ConfigError(f"Adapter spec {spec} lacks 'adapter: <registry name>'.")
+    if isinstance(settings.get("base"), dict):
+        settings["base"] = build_adapter(settings["base"], task, knowledge)
+    if isinstance(settings.get("knowledge"), str):
+        key = settings["knowledge"]
+        if key not in knowledge:
+            raise ConfigError(f"Adapter {name!r} names knowledge {key!r}; defined: "
+                              f"{sorted(knowledge)}.")
+        settings["knowledge"] = knowledge[key]
+    if "task" not in settings and "base" not in settings:
+        settings["task"] = task
+    elif isinstance(settings.get("task"), dict):
+        settings["task"] = build_task(settings["task"])
+    return create_adapter(name, **settings)
+
+
+def run(config: RunConfig, echo: Any = print) -> Path:
+    """Run every experiment; returns the output folder holding report.html and report.md."""
+    from promptkit.evaluation import Evaluator
+    from promptkit.evaluation.combined import write_combined
+    from promptkit.knowledge import KnowledgeBase
+
+    output = Path(config.output)
+    reports = []
+    started = time.perf_counter()
+    for experiment in config.experiments:
+        echo(f"== experiment {experiment.name}: {experiment.data}")
+        task = build_task(experiment.task)
+        splits = load_splits(experiment, config.seed)
+        sizes = ", ".join(f"{k}={len(v)}" for k, v in splits.items())
+        echo(f"   data: {sizes}" + (f" (subsampled: {experiment.subsample})"
+                                     if experiment.subsample else ""))
+        knowledge = {}
+        for key, spec in experiment.knowledge.items():
+            source = Path(spec.source)
+            if (source / "manifest.json").is_file():
+                knowledge[key] = KnowledgeBase.load(source)
+            else:
+                echo(f"   indexing {source} with {spec.embedder}")
+                knowledge[key] = KnowledgeBase.build(source, embedder=spec.embedder,
+                                                     index=spec.index)
+        adapters = {}
+        train = splits.get(experiment.train_split)
+        eval_data = splits.get(experiment.eval_split) if experiment.eval_split else None
+        for name, spec in experiment.adapters.items():
+            adapter = build_adapter(spec, task, knowledge)
+            if experiment.fit:
+                if train is None:
+                    raise ConfigError(f"Experiment {experiment.name!r} has no split "
+                                      f"{experiment.train_split!r} to fit on.")
+                echo(f"   fitting {name} ({adapter.name})")
+                result = adapter.fit(train, eval_data=eval_data if adapter.trains else None)
+                echo(f"   {name}: fit in {result.fit_seconds:.1f}s, "
+                     f"{result.trainable_params:,} trainable parameters")
+            if config.save_adapters:
+                adapter.save(output / experiment.name / "adapters" / name)
+            adapters[name] = adapter
+        evaluator = Evaluator(task, metrics=experiment.metrics, resamples=experiment.resamples,
+                              seed=config.seed)
+        report = evaluator.compare(adapters, splits[experiment.test_split],
+                                   progress=lambda n: echo(f"   evaluating {n}"))
+        report.title = f"{experiment.name} — {experiment.data}"
+        if experiment.subsample:
+            report.notes.append(f"Subsampled for time: {experiment.subsample} (seed "
+                                f"{config.seed}); sizes used: {sizes}.")
+        report.save(output / experiment.name)
+        echo(report.table())
+        reports.append(report)
+    elapsed = time.perf_counter() - started
+    write_combined(reports, output, config.title, notes=[f"Wall time {elapsed:.0f} s."])
+    echo(f"Reports written to {output}/report.html and {output}/report.md ({elapsed:.0f} s)")
+    return output
+
+
+def schema() -> str:
+    return json.dumps(RunConfig.model_json_schema(), indent=2)
