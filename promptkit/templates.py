@@ -224,8 +224,10 @@ class Template:
             ) from exc
         except jinja2.TemplateError as exc:
             raise TemplateError(f"Template {self.name!r} failed to render: {exc}") from exc
-        except (TypeError, ValueError, AttributeError, OverflowError) as exc:
-            raise TemplateError(f"Template {self.name!r} failed to render: {exc}") from exc
+        except Exception as exc:  # anything a template body does wrong is a template error
+            raise TemplateError(
+                f"Template {self.name!r} failed to render: {type(exc).__name__}: {exc}"
+            ) from exc
 
     def render_fitted(self, record: Mapping[str, Any], count_tokens: Any, max_tokens: int,
                       stats: TruncationStats | None = None, **extra: Any) -> str:

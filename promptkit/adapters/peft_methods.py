@@ -19,7 +19,7 @@ from promptkit import models
 from promptkit.adapters.base import AdapterConfig
 from promptkit.adapters.finetune import FineTuneAdapter, FullFineTune, TrainingConfig
 from promptkit.artifacts import sha256_file
-from promptkit.errors import ArtifactError, ConfigError
+from promptkit.errors import ArtifactError, ConfigError, PromptkitError
 
 _TASK_TYPES = {"seq_cls": "SEQ_CLS", "causal_lm": "CAUSAL_LM", "seq2seq_lm": "SEQ_2_SEQ_LM"}
 
@@ -36,6 +36,8 @@ class PeftAdapter(FineTuneAdapter):
         task_type = _TASK_TYPES[self.head_ or "seq_cls"]
         try:
             return get_peft_model(model, self._peft_config(task_type, model))
+        except PromptkitError:
+            raise
         except ValueError as exc:
             raise ConfigError(
                 f"{self.name}: could not attach to {self.config.model!r} "
@@ -147,7 +149,18 @@ class PrefixTuningAdapter(PeftAdapter):
     config: PrefixTuningConfig
 
     def _peft_config(self, task_type: str, model: Any) -> Any:
+        import inspect
+
         from peft import PrefixTuningConfig as PeftPrefixTuningConfig
+
+        params = inspect.signature(model.forward).parameters
+        if task_type == "SEQ_CLS" and "past_key_values" not in params:
+            raise ConfigError(
+                f"prefix_tuning needs a model whose forward takes past_key_values; "
+                f"{type(model).__name__} does not (in transformers 5, encoder and "
+                "sequence-classification models do not). Use it for generation with a causal or "
+                "seq2seq LM, or use p_tuning / prompt_tuning / lora for classification."
+            )
 
         return PeftPrefixTuningConfig(task_type=task_type,
                                       num_virtual_tokens=self.config.num_virtual_tokens,
