@@ -7,6 +7,7 @@ atomic writes are done once, here, for every adapter.
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from abc import ABC, abstractmethod
@@ -82,12 +83,9 @@ def seed_everything(seed: int) -> None:
         np.random.seed(seed)
     except ImportError:  # pragma: no cover - numpy is a dependency
         pass
-    import sys
+    import torch  # seeded even before its first use: a new head's initialization draws from it
 
-    if "torch" in sys.modules:
-        import torch
-
-        torch.manual_seed(seed)
+    torch.manual_seed(seed)
 
 
 class Adapter(ABC):
@@ -156,6 +154,8 @@ class Adapter(ABC):
     def save(self, path: str | Path) -> Path:
         """Write the adapter as an artifact directory (atomic; the old one survives a crash)."""
         self._check_fitted()
+        if int(os.environ.get("RANK", "0")) != 0:  # distributed: only rank 0 writes artifacts
+            return Path(path)
         meta = {"template_sha256": self.task.template_obj.sha256,
                 "fit": self.fit_result_.to_dict() if self.fit_result_ else None}
         with write_artifact(path, kind=self.name, config=self.config.to_dict(), meta=meta) as tmp:

@@ -63,6 +63,29 @@ class PeftAdapter(FineTuneAdapter):
         base = self._base_model(self.config.model or "", pretrained=True)
         return PeftModel.from_pretrained(base, str(directory))
 
+    def add_adapter(self, name: str, path: str | Path) -> None:
+        """Load another saved adapter of the same kind onto this base model, under ``name``.
+
+        Switch between them with :meth:`use`; the base model is loaded once.
+        """
+        from promptkit.artifacts import read_manifest
+
+        self._check_fitted()
+        manifest = read_manifest(path)
+        if manifest["kind"] != self.name:
+            raise ConfigError(f"{path} holds a {manifest['kind']!r} adapter; this is {self.name!r}.")
+        other = manifest["config"]
+        if other.get("model") != self.config.model or other["task"]["labels"] != self.task.labels:
+            raise ConfigError(f"{path} was trained on another base model or label set.")
+        self.model_.load_adapter(str(path), adapter_name=name)
+
+    def use(self, name: str) -> None:
+        """Make the named adapter active (``"default"`` is the one this adapter trained)."""
+        available = list(self.model_.peft_config)
+        if name not in available:
+            raise ConfigError(f"No adapter named {name!r}; loaded: {available}.")
+        self.model_.set_adapter(name)
+
     def merge(self) -> FullFineTune:
         """Fold the adapter into the base weights; returns a ``full`` adapter (LoRA and IA3)."""
         self._check_fitted()
