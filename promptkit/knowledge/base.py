@@ -83,6 +83,7 @@ class KnowledgeBase:
         self.recall_at_10: float | None = None
         self._embedder: Embedder | None = None
         self._index: Any = None
+        self._exact: Any = None
         self._bm25: tuple[Any, list[int]] | None = None
         self._reranker: Any = None
         self._loaded_stamp: str | None = None
@@ -101,6 +102,7 @@ class KnowledgeBase:
             kb._sync_folder()
         else:
             kb._add_records(source)  # type: ignore[arg-type]
+        kb._ensure_index()  # built (and, if approximate, its recall measured) now
         if path is not None:
             kb.save(path)
         return kb
@@ -143,7 +145,7 @@ class KnowledgeBase:
                 f"{index_file} holds {self._index.ntotal} vectors but the docstore has "
                 f"{self.store.count()} chunks; rebuild the knowledge base."
             )
-        self._bm25 = None
+        self._bm25 = self._exact = None
         self._loaded_stamp = manifest.get("created", "") + str(manifest["files"])
 
     # ---- embedding ----------------------------------------------------------------------------
@@ -187,7 +189,7 @@ class KnowledgeBase:
         return len(missing), len(pending) - len(missing)
 
     def _invalidate(self) -> None:
-        self._index = None
+        self._index = self._exact = None
         self._bm25 = None
 
     def _sync_folder(self) -> UpdateStats:
@@ -361,14 +363,33 @@ class KnowledgeBase:
                 f"Query vectors have {vectors.shape[1]} dimensions, the index {index.d}: the "
                 "embedder does not match this knowledge base."
             )
-        k = min(k, index.ntotal)
-        if allowed is None:
-            scores, ids = index.search(vectors, k)
-        else:
-            selector = faiss.IDSelectorBatch(np.asarray(allowed, dtype=np.int64))
-            scores, ids = index.search(vectors, k, params=search_params(index, selector))
+        k = min(k, index.ntotal if allowed is None else len(allowed))
+        scores, ids = self._search_index(index, vectors, k, allowed)
+        if self.resolved_index_type != "flat" and (ids < 0).any():
+            # an approximate index may find fewer than k (few probed lists, duplicate vectors):
+            # answer those queries exactly rather than return short lists
+            short = np.where((ids < 0).any(1))[0]
+            exact_scores, exact_ids = self._search_index(self._exact_index(), vectors[short], k,
+                                                         allowed)
+            scores[short], ids[short] = exact_scores, exact_ids
         return [[(int(i), float(s)) for i, s in zip(row_ids, row_scores, strict=True) if i >= 0]
                 for row_ids, row_scores in zip(ids, scores, strict=True)]
+
+    @staticmethod
+    def _search_index(index: Any, vectors: np.ndarray, k: int, allowed: list[int] | None
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        import faiss
+
+        if allowed is None:
+            return index.search(vectors, k)  # type: ignore[no-any-return]
+        selector = faiss.IDSelectorBatch(np.asarray(allowed, dtype=np.int64))
+        return index.search(vectors, k, params=search_params(index, selector))  # type: ignore[no-any-return]
+
+    def _exact_index(self) -> Any:
+        if self._exact is None:
+            ids, vectors = self.store.all_vectors()
+            self._exact = build_index("flat", vectors, ids, {"dimension": self.dimension})
+        return self._exact
 
     def _sparse(self, query: str, k: int, allowed: list[int] | None) -> list[tuple[int, float]]:
         import bm25s

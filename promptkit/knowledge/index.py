@@ -44,11 +44,16 @@ def _nlist(n: int, params: dict[str, Any]) -> int:
     return int(params.get("nlist") or max(1, min(65536, int(4 * math.sqrt(max(n, 1))))))
 
 
+def _nprobe(nlist: int) -> int:
+    """Lists searched per query: an eighth of them, at least 8 (never more than exist)."""
+    return max(1, min(nlist, max(8, nlist // 8)))
+
+
 def _ivf_flat(dim: int, n: int, params: dict[str, Any]) -> Any:
     faiss = _faiss()
     quantizer = faiss.IndexFlatIP(dim)
     index = faiss.IndexIVFFlat(quantizer, dim, _nlist(n, params), faiss.METRIC_INNER_PRODUCT)
-    index.nprobe = int(params.get("nprobe", max(1, _nlist(n, params) // 16)))
+    index.nprobe = int(params.get("nprobe", _nprobe(_nlist(n, params))))
     return faiss.IndexIDMap2(index)
 
 
@@ -59,7 +64,7 @@ def _ivf_pq(dim: int, n: int, params: dict[str, Any]) -> Any:
     quantizer = faiss.IndexFlatIP(dim)
     index = faiss.IndexIVFPQ(quantizer, dim, _nlist(n, params), m, bits,
                              faiss.METRIC_INNER_PRODUCT)
-    index.nprobe = int(params.get("nprobe", max(1, _nlist(n, params) // 16)))
+    index.nprobe = int(params.get("nprobe", _nprobe(_nlist(n, params))))
     return faiss.IndexIDMap2(index)
 
 

@@ -1,0 +1,197 @@
+"""Knowledge bases: incremental indexing, filters before search, persistence, concurrency."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import numpy as np
+import pytest
+
+import promptkit as pk
+from promptkit.errors import ArtifactError, KnowledgeBaseError
+from promptkit.knowledge import ChunkingConfig, chunk_text, scan_folder
+
+
+@pytest.fixture()
+def folder(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "cats.md").write_text("---\ntopic: animals\nyear: 2020\n---\n# Cats\n\n"
+                                  "Cats are small carnivorous mammals that purr.\n")
+    (docs / "rivers.txt").write_text("The Zorblat river is approximately 420 km long.\n")
+    (docs / "page.html").write_text("<html><head><title>Film</title><style>.x{}</style>"
+                                    "<script>alert(1)</script></head><body><h1>Film</h1>"
+                                    "<p>A good film is great fun.</p></body></html>")
+    (docs / "table.csv").write_text("text,kind\nBad films are awful.,review\n")
+    return docs
+
+
+def test_build_search_and_citations(folder, tiny_bert):
+    kb = pk.KnowledgeBase.build(folder, embedder=tiny_bert)
+    assert kb.stats()["documents"] == 4
+    hits = kb.search("Zorblat river", k=4)
+    assert len(hits) == 4
+    for hit in hits:
+        source_text = (folder / hit.source).read_text()
+        if hit.source.endswith((".md", ".txt")):
+            assert source_text[hit.span[0]: hit.span[1]] == hit.text
+    html = next(h for h in hits if h.source == "page.html")
+    assert "alert" not in html.text and ".x{}" not in html.text and "good film" in html.text
+    cats = next(h for h in hits if h.source == "cats.md")
+    assert cats.metadata["topic"] == "animals" and cats.metadata["title"] == "Cats"
+
+
+def test_rebuild_unchanged_embeds_nothing(folder, tiny_bert, tmp_path):
+    kb = pk.KnowledgeBase.build(folder, embedder=tiny_bert, path=tmp_path / "kb")
+    loaded = pk.KnowledgeBase.load(tmp_path / "kb")
+    before = loaded.embedder.texts_encoded
+    stats = loaded.update()
+    assert loaded.embedder.texts_encoded == before, "an unchanged folder must embed nothing"
+    assert stats.changed == stats.added == stats.removed == 0
+    (folder / "rivers.txt").write_text("The Zorblat river is approximately 421 km long.\n")
+    (folder / "cats.md").unlink()
+    stats = loaded.update()
+    assert (stats.changed, stats.removed, stats.chunks_embedded) == (1, 1, 1)
+    reopened = pk.KnowledgeBase.load(tmp_path / "kb")
+    sources = {h.source for h in reopened.search("cats purr", k=10)}
+    assert "cats.md" not in sources and "rivers.txt" in sources
+    assert kb is not None
+
+
+def test_selective_filter_found_before_search(tiny_bert):
+    rng = np.random.default_rng(0)
+    records = [{"text": f"note {i} " + " ".join(rng.choice(["good", "bad", "film"], 3)),
+                "shard": i % 7, "num": i} for i in range(10_000)]
+    records[1234]["owner"] = "needle"
+    kb = pk.KnowledgeBase.build(records, embedder=tiny_bert)
+    hits = kb.search("completely unrelated words", k=5, filter={"owner": "needle"})
+    assert [h.metadata["num"] for h in hits] == [1234]
+    ranged = kb.search("film", k=50, filter={"num": {"gte": 10, "lt": 13}})
+    assert sorted(h.metadata["num"] for h in ranged) == [10, 11, 12]
+    member = kb.search("film", k=50, filter={"num": [5, 9999]})
+    assert sorted(h.metadata["num"] for h in member) == [5, 9999]
+
+
+def test_hybrid_and_index_types(folder, tiny_bert):
+    kb = pk.KnowledgeBase.build(folder, embedder=tiny_bert)
+    hybrid = kb.search("Zorblat", k=2, hybrid=True)
+    assert hybrid[0].source == "rivers.txt"  # BM25 finds the rare exact word
+    records = [f"document number {i} about {'cats' if i % 2 else 'rivers'}" for i in range(600)]
+    exact = pk.KnowledgeBase.build(records, embedder=tiny_bert, index="flat")
+    for kind in ("hnsw", "ivf_flat", "ivf_pq"):
+        approx = pk.KnowledgeBase.build(records, embedder=tiny_bert, index=kind)
+        assert 0.0 < approx.stats()["recall_at_10"] <= 1.0
+        assert approx.stats()["index"] == kind
+        assert len(approx.search("cats", k=5)) == 5
+    assert exact.stats()["recall_at_10"] == 1.0
+    with pytest.raises(KnowledgeBaseError, match="needs at least"):
+        pk.KnowledgeBase.build(records[:20], embedder=tiny_bert, index="ivf_pq")
+
+
+def test_rerank_with_a_cross_encoder(folder, tiny_bert):
+    kb = pk.KnowledgeBase.build(folder, embedder=tiny_bert)
+    hits = kb.search("river", k=3, rerank=tiny_bert)
+    assert len(hits) == 3
+    assert hits == sorted(hits, key=lambda h: -h.score)
+
+
+def test_mismatched_embedder_and_corrupted_index(folder, tiny_bert, tmp_path):
+    pk.KnowledgeBase.build(folder, embedder=tiny_bert, path=tmp_path / "kb")
+    with pytest.raises(KnowledgeBaseError, match="built with embedder"):
+        pk.KnowledgeBase.load(tmp_path / "kb", embedder="minilm")
+    index = tmp_path / "kb" / "index.faiss"
+    data = bytearray(index.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    index.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="index.faiss"):
+        pk.KnowledgeBase.load(tmp_path / "kb")
+
+
+def test_query_dimension_checked(folder, tiny_bert):
+    kb = pk.KnowledgeBase.build(folder, embedder=tiny_bert)
+    with pytest.raises(KnowledgeBaseError, match="dimensions"):
+        kb._dense(np.zeros((1, 7), dtype=np.float32), 3, None)
+
+
+def test_bad_files_skipped_with_one_warning(folder, tmp_path):
+    (folder / "binary.txt").write_bytes(b"\x00\x01\x02binary")
+    (folder / "latin.txt").write_bytes("caf\xe9".encode("latin-1"))
+    outside = tmp_path / "secret.txt"
+    outside.write_text("secret")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        documents, skipped = scan_folder(folder)
+    assert len(caught) == 1 and "binary.txt" in str(caught[0].message)
+    assert {s.split(" ")[0] for s in skipped} == {"binary.txt", "latin.txt"}
+    with pytest.raises(KnowledgeBaseError, match="binary"):
+        scan_folder(folder, strict=True)
+    (folder / "binary.txt").unlink()
+    (folder / "latin.txt").unlink()
+    os.symlink(outside, folder / "link.txt")
+    with pytest.raises(KnowledgeBaseError, match="outside the knowledge folder"):
+        scan_folder(folder)
+
+
+def test_chunks_respect_limit_and_spans():
+    text = "# Title\n\n" + "\n\n".join(" ".join(f"w{i}{j}." for j in range(40)) for i in range(6))
+
+    def count(piece: str) -> int:
+        return len(piece.split())
+
+    chunks = chunk_text(text, count, ChunkingConfig(max_tokens=25, overlap=5))
+    assert all(count(c.text) <= 25 for c in chunks)
+    assert all(text[c.start: c.end] == c.text for c in chunks)
+    covered = set()
+    for c in chunks:
+        covered.update(range(c.start, c.end))
+    assert all(i in covered for i, ch in enumerate(text) if not ch.isspace())
+
+
+WRITER = textwrap.dedent("""
+    import sys
+    import promptkit as pk
+    kb = pk.KnowledgeBase.load(sys.argv[1])
+    for start in range(0, 500, 100):
+        kb.add([{"text": f"{sys.argv[2]} record {i}", "writer": sys.argv[2]}
+                for i in range(start, start + 100)])
+""")
+
+
+def test_two_writers_lose_nothing(tiny_bert, tmp_path):
+    pk.KnowledgeBase.build(["seed document"], embedder=tiny_bert, path=tmp_path / "kb")
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    processes = [subprocess.Popen([sys.executable, str(script), str(tmp_path / "kb"), name])
+                 for name in ("alpha", "beta")]
+    assert [p.wait(timeout=300) for p in processes] == [0, 0]
+    kb = pk.KnowledgeBase.load(tmp_path / "kb")
+    assert len(kb) == 1001
+    assert len(kb.store.ids_matching({"writer": "alpha"})) == 500
+    assert len(kb.store.ids_matching({"writer": "beta"})) == 500
+
+
+def test_sigkill_during_save_keeps_previous(tiny_bert, tmp_path):
+    pk.KnowledgeBase.build(["first version"], embedder=tiny_bert, path=tmp_path / "kb")
+    script = tmp_path / "slow.py"
+    script.write_text(textwrap.dedent(f"""
+        import time, promptkit as pk
+        from promptkit.knowledge import store
+        original = store.DocStore.save
+        def slow(self, path):
+            original(self, path)
+            print("saving", flush=True)
+            time.sleep(60)
+        store.DocStore.save = slow
+        kb = pk.KnowledgeBase.load({str(tmp_path / "kb")!r})
+        kb.add(["second version"])
+    """))
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "saving"
+    process.kill()
+    process.wait()
+    kb = pk.KnowledgeBase.load(tmp_path / "kb")
+    assert [h.text for h in kb.search("version", k=5)] == ["first version"]
