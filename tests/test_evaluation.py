@@ -1,0 +1,183 @@
+"""Metrics equal scikit-learn's; intervals cover; paired tests equal scipy's; reports render."""
+
+from __future__ import annotations
+
+import json
+import tracemalloc
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats as scipy_stats
+from sklearn import metrics as skm
+
+import promptkit as pk
+from promptkit.adapters.base import Prediction
+from promptkit.evaluation import bootstrap, mcnemar_exact, paired_permutation
+from promptkit.metrics import (
+    ClassificationBatch,
+    GenerationBatch,
+    MetricSpec,
+    RetrievalBatch,
+    metrics,
+    register_metric,
+    token_f1,
+)
+
+labels_strategy = st.integers(min_value=2, max_value=5).flatmap(
+    lambda k: st.tuples(st.just(k), st.lists(st.tuples(st.integers(0, k - 1),
+                                                       st.integers(0, k - 1)),
+                                             min_size=1, max_size=60)))
+
+
+@settings(max_examples=150, deadline=None)
+@given(labels_strategy)
+def test_classification_metrics_equal_sklearn(data):
+    k, pairs = data
+    refs = np.array([p[0] for p in pairs])
+    preds = np.array([p[1] for p in pairs])
+    batch = ClassificationBatch(refs, preds, [f"l{i}" for i in range(k)])
+    assert metrics.get("accuracy").compute(batch) == pytest.approx(skm.accuracy_score(refs, preds))
+    for which, fn in [("precision", skm.precision_score), ("recall", skm.recall_score),
+                      ("f1", skm.f1_score)]:
+        for average in ("macro", "micro", "weighted"):
+            ours = metrics.get(f"{which}_{average}").compute(batch)
+            theirs = fn(refs, preds, average=average, zero_division=0)
+            assert ours == pytest.approx(theirs, abs=1e-12), (which, average)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 1), st.floats(0.01, 0.99)), min_size=2, max_size=80))
+def test_score_metrics_equal_sklearn(rows):
+    refs = np.array([r[0] for r in rows])
+    p1 = np.array([r[1] for r in rows])
+    scores = np.stack([1 - p1, p1], axis=1)
+    batch = ClassificationBatch(refs, scores.argmax(1), ["a", "b"], scores)
+    assert metrics.get("log_loss").compute(batch) == pytest.approx(
+        skm.log_loss(refs, scores, labels=[0, 1]), rel=1e-9)
+    if len(set(refs)) == 2:
+        assert metrics.get("roc_auc").compute(batch) == pytest.approx(
+            skm.roc_auc_score(refs, p1), abs=1e-12)
+
+
+def test_multiclass_auc_and_ece():
+    rng = np.random.default_rng(0)
+    scores = rng.dirichlet(np.ones(3), size=200)
+    refs = rng.integers(0, 3, 200)
+    batch = ClassificationBatch(refs, scores.argmax(1), ["a", "b", "c"], scores)
+    assert metrics.get("roc_auc").compute(batch) == pytest.approx(
+        skm.roc_auc_score(refs, scores, multi_class="ovr", average="macro"), abs=1e-12)
+    confidence, correct = scores.max(1), scores.argmax(1) == refs
+    bins = np.minimum((confidence * 15).astype(int), 14)
+    expected = sum(abs(confidence[bins == b].mean() - correct[bins == b].mean())
+                   * (bins == b).sum() for b in range(15) if (bins == b).any()) / 200
+    assert metrics.get("ece").compute(batch) == pytest.approx(expected)
+
+
+def test_generation_metrics():
+    batch = GenerationBatch(["The Eiffel Tower", "Paris"], ["eiffel tower!", "Lyon"],
+                            [["The Eiffel tower is in Paris"], ["Lyon is a city"]])
+    assert metrics.get("exact_match").compute(batch) == 0.5
+    assert token_f1("the cat sat", "cat sat down") == pytest.approx(0.8)
+    assert metrics.get("token_f1").compute(batch) == pytest.approx(0.5)
+    assert 0 < metrics.get("rouge_l").compute(batch) <= 1
+    import sacrebleu
+
+    assert metrics.get("bleu").compute(batch) == pytest.approx(
+        sacrebleu.corpus_bleu(batch.preds, [batch.refs]).score / 100)
+    assert metrics.get("context_recall").compute(batch) == pytest.approx(0.5)
+    assert metrics.get("answer_context_overlap").compute(batch) == pytest.approx(1.0)
+
+
+def test_retrieval_metrics_hand_computed():
+    batch = RetrievalBatch([["a", "b", "c"], ["x", "y", "z"], ["q", "r", "s"]],
+                           [{"b"}, {"x", "z"}, {"none"}], k=3)
+    assert metrics.get("hit_rate").compute(batch) == pytest.approx(2 / 3)
+    assert metrics.get("mrr").compute(batch) == pytest.approx((1 / 2 + 1) / 3)
+    assert metrics.get("recall_at_k").compute(batch) == pytest.approx((1 + 1) / 3)
+    assert metrics.get("precision_at_k").compute(batch) == pytest.approx((1 / 3 + 2 / 3) / 3)
+    ndcg_first = (1 / np.log2(3)) / 1.0
+    ndcg_second = (1 + 1 / np.log2(4)) / (1 + 1 / np.log2(3))
+    assert metrics.get("ndcg_at_k").compute(batch) == pytest.approx(
+        (ndcg_first + ndcg_second) / 3)
+
+
+def test_interval_coverage_is_nominal():
+    """Repeated draws of n=200 from a known p: ~95% of intervals cover it."""
+    rng = np.random.default_rng(1)
+    p, n, trials = 0.7, 200, 400
+    covered = 0
+    for trial in range(trials):
+        correct = rng.random(n) < p
+        batch = ClassificationBatch(np.ones(n, dtype=int), correct.astype(int), ["a", "b"])
+        interval = bootstrap([metrics.get("accuracy")], batch, n, resamples=1000,
+                             seed=trial)["accuracy"]
+        covered += interval.low <= p <= interval.high
+    assert 0.93 <= covered / trials <= 0.97, covered / trials
+
+
+def test_mcnemar_matches_scipy_binomtest():
+    a = np.array([1, 1, 1, 0, 1, 1, 0, 1, 1, 1, 1, 0], dtype=bool)
+    b = np.array([0, 1, 0, 0, 0, 1, 1, 0, 0, 1, 0, 0], dtype=bool)
+    ours = mcnemar_exact(a, b)
+    assert (ours["a_only"], ours["b_only"]) == (6, 1)
+    assert ours["p_value"] == pytest.approx(scipy_stats.binomtest(1, 7, 0.5).pvalue)
+
+
+def test_paired_permutation_matches_scipy():
+    rng = np.random.default_rng(3)
+    a, b = rng.random(10), rng.random(10) * 0.8
+    ours = paired_permutation(a, b, resamples=2 ** 10)
+    theirs = scipy_stats.permutation_test(
+        (a, b), lambda x, y, axis: np.mean(x - y, axis=axis), permutation_type="samples",
+        n_resamples=np.inf, alternative="two-sided").pvalue
+    assert ours == pytest.approx(theirs, rel=1e-9)
+
+
+def test_200k_predictions_memory_stays_small():
+    n = 200_000
+    rng = np.random.default_rng(0)
+    refs = rng.integers(0, 2, n)
+    preds = np.where(rng.random(n) < 0.8, refs, 1 - refs)
+    scores = np.stack([1 - preds * 0.8 - 0.1, preds * 0.8 + 0.1], axis=1)
+    batch = ClassificationBatch(refs, preds, ["a", "b"], scores)
+    specs = [metrics.get(m) for m in ("accuracy", "f1_macro", "precision_macro", "log_loss",
+                                      "ece")]
+    tracemalloc.start()
+    found = bootstrap(specs, batch, n, resamples=200)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert found["accuracy"].low < 0.8 < found["accuracy"].high
+    assert peak < 250 * 2 ** 20, f"peak {peak / 2**20:.0f} MiB"
+
+
+def test_custom_metric_registers_with_one_call():
+    spec = register_metric(MetricSpec(
+        "always_half", "classification", True,
+        per_example=lambda b: np.full(len(b.refs), 0.5)), overwrite=True)
+    task = pk.Task.classification(["a", "b"])
+    result = pk.Evaluator(task, metrics=["accuracy", "always_half"]).score(
+        task, [{"text": "x", "label": "a"}], [Prediction(label="a", scores={"a": 1.0, "b": 0.0})])
+    assert result.metrics["always_half"].value == 0.5
+    assert spec.name in metrics
+
+
+def test_compare_report_files(tiny_bert, sentiment_task, toy_data, tmp_path):
+    knn = pk.create_adapter("retrieval", task=sentiment_task, embedder=tiny_bert, top_k=3)
+    knn.fit(toy_data[:32])
+    wide = pk.create_adapter("retrieval", task=sentiment_task, embedder=tiny_bert, top_k=15)
+    wide.fit(toy_data[:32])
+    report = pk.Evaluator(sentiment_task, resamples=200).compare({"k3": knn, "k15": wide},
+                                                                 toy_data[32:])
+    report.save(tmp_path / "report")
+    saved = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert set(saved["results"]) == {"k3", "k15"}
+    assert {c["test"] for c in saved["comparisons"]} >= {"McNemar exact"}
+    for key in ("libraries", "template_sha256", "data_sha256"):
+        assert key in saved["reproducibility"]
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 3
+    rows = (tmp_path / "report" / "predictions.jsonl").read_text().splitlines()
+    assert len(rows) == 2 * 16
+    assert "k3" in report.table() and "McNemar" in report.markdown()

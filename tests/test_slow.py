@@ -1,0 +1,55 @@
+"""The packaged real models, offline. Marked slow; still part of `make test`."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+import promptkit as pk
+
+pytestmark = pytest.mark.slow
+
+
+def test_minilm_encodes_384_normalized():
+    from promptkit.knowledge.embedder import get_embedder
+
+    vectors = get_embedder("minilm").encode(["A sentence to encode."])
+    assert vectors.shape == (1, 384)
+    assert np.linalg.norm(vectors[0]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_smollm2_knows_paris():
+    task = pk.Task.generation(template="generate")
+    adapter = pk.create_adapter("prompt", task=task, max_new_tokens=16)
+    answer = adapter.predict([{"prompt": "What is the capital of France?"}])[0].text
+    assert "Paris" in answer
+
+
+def test_smollm2_zero_shot_beats_majority():
+    test = pk.datasets.load("rotten_tomatoes")["test"][:200]
+    task = pk.Task.classification(["negative", "positive"], template="sentiment")
+    predictions = pk.create_adapter("prompt", task=task, batch_size=16).predict(test)
+    accuracy = np.mean([p.label == r["label"] for p, r in zip(predictions, test, strict=True)])
+    majority = max(Counter(r["label"] for r in test).values()) / len(test)
+    assert accuracy > majority + 0.05, (accuracy, majority)
+
+
+def test_rotten_tomatoes_split_is_fixed():
+    import hashlib
+    import json
+
+    test = pk.datasets.load("rotten_tomatoes")["test"]
+    digest = hashlib.sha256(json.dumps(test).encode()).hexdigest()
+    assert len(test) == 1276
+    assert digest == "71ec841101e0fa7764535a52fd49ce4132c42a9ec340e1cf3d1c793de3a33935"
+
+
+def test_python_faq_dense_retrieval():
+    kb = pk.KnowledgeBase.build(pk.datasets.knowledge_dir("python-faq"), embedder="minilm")
+    faq = pk.datasets.load("python_faq")["test"]
+    hits = kb.search_many([q["question"] for q in faq], k=10)
+    found = [q["passage_id"] in [h.metadata.get("heading") for h in row]
+             for q, row in zip(faq, hits, strict=True)]
+    assert np.mean(found) > 0.85
