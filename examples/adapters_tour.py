@@ -2,8 +2,9 @@
 
 import tempfile
 
-import promptkit as pk
 from _common import FAST, causal_lm, encoder, sentiment_data
+
+import promptkit as pk
 
 train, test = sentiment_data(train=400, test=50)
 task = pk.Task.classification(["negative", "positive"], template="sentiment")
@@ -23,7 +24,7 @@ for name, adapter in candidates.items():
     result = adapter.fit(train)
     adapter.save(f"{folder}/{name}")
     again = pk.load_adapter(f"{folder}/{name}")
-    accuracy = sum(p.label == r["label"] for p, r in zip(again.predict(test), test)) / len(test)
+    accuracy = sum(p.label == r["label"] for p, r in zip(again.predict(test), test, strict=False)) / len(test)
     print(f"{name:14} accuracy {accuracy:.3f}  trainable {result.trainable_params:>10,}  "
           f"fit {result.fit_seconds:6.1f}s")
 

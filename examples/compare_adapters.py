@@ -1,7 +1,8 @@
 """Compare adapters on the same test set: intervals, paired tests, and an HTML report."""
 
-import promptkit as pk
 from _common import FAST, encoder, sentiment_data
+
+import promptkit as pk
 
 train, test = sentiment_data(train=1000, test=300)
 task = pk.Task.classification(["negative", "positive"], template="sentiment")

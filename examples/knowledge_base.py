@@ -3,8 +3,9 @@
 import pathlib
 import tempfile
 
-import promptkit as pk
 from _common import encoder
+
+import promptkit as pk
 
 folder = pathlib.Path(tempfile.mkdtemp()) / "notes"
 folder.mkdir()

@@ -1,7 +1,8 @@
 """Quickstart: fine-tune MiniLM with LoRA on movie reviews, predict, save, reload, evaluate."""
 
-import promptkit as pk
 from _common import FAST, encoder, sentiment_data
+
+import promptkit as pk
 
 train, test = sentiment_data()
 task = pk.Task.classification(labels=["negative", "positive"], template="sentiment")

@@ -9,8 +9,9 @@ Only rank 0 writes the saved adapter.
 
 import os
 
-import promptkit as pk
 from _common import FAST, encoder, sentiment_data
+
+import promptkit as pk
 
 train, _ = sentiment_data(train=512)
 task = pk.Task.classification(["negative", "positive"], template="sentiment")

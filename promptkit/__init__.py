@@ -25,8 +25,17 @@ _EXPORTS = {
     "Report": "promptkit.evaluation",
     "Registry": "promptkit.registry",
 }
-_MODULES = {"datasets", "models", "errors", "metrics", "testing", "templates", "knowledge",
-            "evaluation", "artifacts"}
+_MODULES = {
+    "datasets",
+    "models",
+    "errors",
+    "metrics",
+    "testing",
+    "templates",
+    "knowledge",
+    "evaluation",
+    "artifacts",
+}
 
 if TYPE_CHECKING:
     from promptkit import datasets, errors, models
@@ -55,7 +64,20 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "Adapter", "Evaluator", "FitResult", "KnowledgeBase", "Prediction", "Registry", "Report",
-    "Task", "Template", "__version__", "create_adapter", "datasets", "errors", "load_adapter",
-    "load_template", "models",
+    "Adapter",
+    "Evaluator",
+    "FitResult",
+    "KnowledgeBase",
+    "Prediction",
+    "Registry",
+    "Report",
+    "Task",
+    "Template",
+    "__version__",
+    "create_adapter",
+    "datasets",
+    "errors",
+    "load_adapter",
+    "load_template",
+    "models",
 ]

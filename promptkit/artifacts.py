@@ -62,8 +62,12 @@ def _recover(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def write_artifact(path: str | os.PathLike[str], kind: str, config: dict[str, Any] | None = None,
-                   meta: dict[str, Any] | None = None) -> Iterator[Path]:
+def write_artifact(
+    path: str | os.PathLike[str],
+    kind: str,
+    config: dict[str, Any] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> Iterator[Path]:
     """Yield a temporary directory to fill; on success, add the manifest and move it to ``path``.
 
     If the body raises, the temporary directory is removed and ``path`` is left as it was.
@@ -119,8 +123,9 @@ def _swap_into_place(staging: Path, target: Path) -> None:
         _fsync_dir(target.parent)
 
 
-def read_manifest(path: str | os.PathLike[str], kind: str | None = None,
-                  verify: bool = True) -> dict[str, Any]:
+def read_manifest(
+    path: str | os.PathLike[str], kind: str | None = None, verify: bool = True
+) -> dict[str, Any]:
     """Read and check an artifact's manifest; with ``verify``, check every file's size and hash.
 
     Raises :class:`ArtifactError` naming the broken file and what to do about it.
@@ -148,7 +153,8 @@ def read_manifest(path: str | os.PathLike[str], kind: str | None = None,
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise ArtifactError(
             f"{root} was written with artifact format {version!r} by promptkit "
-            f"{manifest.get('promptkit_version', '?')}; this promptkit ({__version__}) reads format "
+            f"{manifest.get('promptkit_version', '?')}; this promptkit ({__version__}) reads "
+            f"format "
             f"{FORMAT_VERSION} and older. Upgrade promptkit to load it."
         )
     if kind is not None and manifest["kind"] != kind:

@@ -12,13 +12,17 @@ import typer
 
 from promptkit._version import __version__
 
-app = typer.Typer(help="promptkit: adapt Hugging Face models by fine-tuning, PEFT or retrieval, "
-                       "and measure which works best.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
-kb_app = typer.Typer(help="Build, update, query and inspect knowledge bases.",
-                     no_args_is_help=True)
-template_app = typer.Typer(help="List, show, render and check prompt templates.",
-                           no_args_is_help=True)
+app = typer.Typer(
+    help="promptkit: adapt Hugging Face models by fine-tuning, PEFT or retrieval, "
+    "and measure which works best.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+kb_app = typer.Typer(help="Build, update, query and inspect knowledge bases.", no_args_is_help=True)
+template_app = typer.Typer(
+    help="List, show, render and check prompt templates.", no_args_is_help=True
+)
 config_app = typer.Typer(help="Run-config helpers.", no_args_is_help=True)
 app.add_typer(kb_app, name="kb")
 app.add_typer(template_app, name="template")
@@ -32,21 +36,27 @@ def echo(message: str) -> None:
 
 
 @app.callback()
-def main_options(debug: Annotated[bool, typer.Option(
-        "--debug", help="Show full tracebacks on errors.")] = False) -> None:
+def main_options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+) -> None:
     STATE["debug"] = debug
-    logging.basicConfig(level=logging.INFO if debug else logging.WARNING,
-                        format="promptkit: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if debug else logging.WARNING, format="promptkit: %(message)s"
+    )
 
 
 # ---- run / train / eval / compare ---------------------------------------------------------------
 
+
 @app.command()
-def run(config: Annotated[Path, typer.Argument(help="YAML run config.")],
-        output: Annotated[str | None, typer.Option(help="Override the output folder.")] = None,
-        set_: Annotated[list[str] | None, typer.Option(
-            "--set", help="Override a config value: key.path=value (repeatable).")] = None,
-        ) -> None:
+def run(
+    config: Annotated[Path, typer.Argument(help="YAML run config.")],
+    output: Annotated[str | None, typer.Option(help="Override the output folder.")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a config value: key.path=value (repeatable)."),
+    ] = None,
+) -> None:
     """Run every experiment of a YAML config: fit, evaluate, compare, write reports."""
     from promptkit.runner import load_config
     from promptkit.runner import run as run_config
@@ -56,19 +66,25 @@ def run(config: Annotated[Path, typer.Argument(help="YAML run config.")],
 
 
 @app.command()
-def train(adapter: Annotated[str, typer.Argument(help="Adapter name: full, lora, prompt, ...")],
-          data: Annotated[str, typer.Option(help="Dataset name or .jsonl/.csv path.")],
-          out: Annotated[Path, typer.Option(help="Where to save the trained adapter.")],
-          labels: Annotated[str | None, typer.Option(
-              help="Comma-separated labels (classification); default: the dataset's.")] = None,
-          template: Annotated[str | None, typer.Option(help="Template name or .j2 path.")] = None,
-          model: Annotated[str | None, typer.Option(help="Model alias, id or path.")] = None,
-          generation: Annotated[bool, typer.Option(help="A generation task.")] = False,
-          limit: Annotated[int | None, typer.Option(help="Use at most N training examples.")
-                           ] = None,
-          set_: Annotated[list[str] | None, typer.Option(
-              "--set", help="Adapter setting: name=value (repeatable), e.g. --set epochs=1.")
-                          ] = None) -> None:
+def train(
+    adapter: Annotated[str, typer.Argument(help="Adapter name: full, lora, prompt, ...")],
+    data: Annotated[str, typer.Option(help="Dataset name or .jsonl/.csv path.")],
+    out: Annotated[Path, typer.Option(help="Where to save the trained adapter.")],
+    labels: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated labels (classification); default: the dataset's."),
+    ] = None,
+    template: Annotated[str | None, typer.Option(help="Template name or .j2 path.")] = None,
+    model: Annotated[str | None, typer.Option(help="Model alias, id or path.")] = None,
+    generation: Annotated[bool, typer.Option(help="A generation task.")] = False,
+    limit: Annotated[int | None, typer.Option(help="Use at most N training examples.")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", help="Adapter setting: name=value (repeatable), e.g. --set epochs=1."
+        ),
+    ] = None,
+) -> None:
     """Fit one adapter on a dataset's train split and save it."""
     import yaml
 
@@ -103,21 +119,23 @@ def train(adapter: Annotated[str, typer.Argument(help="Adapter name: full, lora,
     adapter_obj = create_adapter(adapter, task=task, **settings)
     result = adapter_obj.fit(rows, eval_data=eval_rows if adapter_obj.trains else None)
     adapter_obj.save(out)
-    echo(f"trained {adapter} in {result.fit_seconds:.1f}s "
-         f"({result.trainable_params:,} trainable parameters); saved to {out}")
+    echo(
+        f"trained {adapter} in {result.fit_seconds:.1f}s "
+        f"({result.trainable_params:,} trainable parameters); saved to {out}"
+    )
     if result.eval_metrics:
         echo("validation: " + ", ".join(f"{k}={v:.4g}" for k, v in result.eval_metrics.items()))
 
 
 @app.command(name="eval")
-def eval_(run_dir: Annotated[Path, typer.Argument(help="A saved adapter directory.")],
-          data: Annotated[str, typer.Option(help="Dataset name or .jsonl/.csv path.")],
-          split: Annotated[str, typer.Option(help="Split of a named dataset.")] = "test",
-          metrics: Annotated[str | None, typer.Option(help="Comma-separated metric names.")
-                             ] = None,
-          limit: Annotated[int | None, typer.Option(help="Evaluate at most N examples.")] = None,
-          out: Annotated[Path | None, typer.Option(help="Write the report here.")] = None,
-          ) -> None:
+def eval_(
+    run_dir: Annotated[Path, typer.Argument(help="A saved adapter directory.")],
+    data: Annotated[str, typer.Option(help="Dataset name or .jsonl/.csv path.")],
+    split: Annotated[str, typer.Option(help="Split of a named dataset.")] = "test",
+    metrics: Annotated[str | None, typer.Option(help="Comma-separated metric names.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Evaluate at most N examples.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the report here.")] = None,
+) -> None:
     """Evaluate a saved adapter, with confidence intervals."""
     from promptkit import datasets
     from promptkit.adapters import load_adapter
@@ -128,7 +146,8 @@ def eval_(run_dir: Annotated[Path, typer.Argument(help="A saved adapter director
     rows = datasets.load(data)[split] if data in datasets.datasets else read_records(data)
     rows = rows[:limit] if limit else rows
     report = Evaluator(adapter.task, metrics=metrics.split(",") if metrics else None).evaluate(
-        adapter, rows, name=run_dir.name)
+        adapter, rows, name=run_dir.name
+    )
     echo(report.table())
     if out:
         report.save(out)
@@ -136,10 +155,12 @@ def eval_(run_dir: Annotated[Path, typer.Argument(help="A saved adapter director
 
 
 @app.command()
-def compare(config: Annotated[Path, typer.Argument(help="YAML: data, split, adapters "
-                                                         "{name: saved adapter dir}.")],
-            out: Annotated[Path | None, typer.Option(help="Write the report here.")] = None,
-            ) -> None:
+def compare(
+    config: Annotated[
+        Path, typer.Argument(help="YAML: data, split, adapters {name: saved adapter dir}.")
+    ],
+    out: Annotated[Path | None, typer.Option(help="Write the report here.")] = None,
+) -> None:
     """Compare saved adapters on the same data, with paired significance tests."""
     import yaml
 
@@ -151,15 +172,21 @@ def compare(config: Annotated[Path, typer.Argument(help="YAML: data, split, adap
 
     spec = yaml.safe_load(config.read_text()) if config.is_file() else None
     if not isinstance(spec, dict) or "adapters" not in spec or "data" not in spec:
-        raise ConfigError(f"{config}: expected a mapping with 'data' and 'adapters' "
-                          "({name: adapter directory}).")
+        raise ConfigError(
+            f"{config}: expected a mapping with 'data' and 'adapters' "
+            "({name: adapter directory})."
+        )
     adapters = {name: load_adapter(path) for name, path in spec["adapters"].items()}
     data = spec["data"]
-    rows = (datasets.load(data)[spec.get("split", "test")] if data in datasets.datasets
-            else read_records(data))
+    rows = (
+        datasets.load(data)[spec.get("split", "test")]
+        if data in datasets.datasets
+        else read_records(data)
+    )
     rows = rows[: spec["limit"]] if spec.get("limit") else rows
     report = Evaluator(next(iter(adapters.values())).task, metrics=spec.get("metrics")).compare(
-        adapters, rows)
+        adapters, rows
+    )
     echo(report.table())
     target = out or (Path(spec["output"]) if spec.get("output") else None)
     if target:
@@ -167,30 +194,35 @@ def compare(config: Annotated[Path, typer.Argument(help="YAML: data, split, adap
         echo(f"report written to {target}")
 
 
-# ---- knowledge bases ------------------------------------------------------------------------------
+# ---- knowledge bases ----------------------------------------------------------------------
+
 
 @kb_app.command("build")
-def kb_build(folder: Annotated[Path, typer.Argument(help="Folder of documents.")],
-             out: Annotated[Path, typer.Option(help="Knowledge base directory to write.")],
-             embedder: Annotated[str, typer.Option(help="Embedding model alias/id/path.")
-                                 ] = "minilm",
-             index: Annotated[str, typer.Option(help="flat, hnsw, ivf_flat, ivf_pq or auto.")
-                              ] = "auto",
-             max_tokens: Annotated[int, typer.Option(help="Chunk size in tokens.")] = 256,
-             overlap: Annotated[int, typer.Option(help="Chunk overlap in tokens.")] = 32,
-             strict: Annotated[bool, typer.Option(help="Fail on unreadable files.")] = False,
-             ) -> None:
+def kb_build(
+    folder: Annotated[Path, typer.Argument(help="Folder of documents.")],
+    out: Annotated[Path, typer.Option(help="Knowledge base directory to write.")],
+    embedder: Annotated[str, typer.Option(help="Embedding model alias/id/path.")] = "minilm",
+    index: Annotated[str, typer.Option(help="flat, hnsw, ivf_flat, ivf_pq or auto.")] = "auto",
+    max_tokens: Annotated[int, typer.Option(help="Chunk size in tokens.")] = 256,
+    overlap: Annotated[int, typer.Option(help="Chunk overlap in tokens.")] = 32,
+    strict: Annotated[bool, typer.Option(help="Fail on unreadable files.")] = False,
+) -> None:
     """Index a folder into a knowledge base directory."""
     from promptkit.knowledge import KnowledgeBase
 
-    kb = KnowledgeBase.build(folder, embedder=embedder, index=index, strict=strict,
-                             chunking={"max_tokens": max_tokens, "overlap": overlap}, path=out)
+    kb = KnowledgeBase.build(
+        folder,
+        embedder=embedder,
+        index=index,
+        strict=strict,
+        chunking={"max_tokens": max_tokens, "overlap": overlap},
+        path=out,
+    )
     echo(json.dumps(kb.stats(), indent=2, default=str))
 
 
 @kb_app.command("update")
-def kb_update(directory: Annotated[Path, typer.Argument(help="Knowledge base directory.")]
-              ) -> None:
+def kb_update(directory: Annotated[Path, typer.Argument(help="Knowledge base directory.")]) -> None:
     """Re-scan the source folder: embed new and changed files, drop deleted ones."""
     from promptkit.knowledge import KnowledgeBase
 
@@ -199,14 +231,16 @@ def kb_update(directory: Annotated[Path, typer.Argument(help="Knowledge base dir
 
 
 @kb_app.command("query")
-def kb_query(directory: Annotated[Path, typer.Argument(help="Knowledge base directory.")],
-             text: Annotated[str, typer.Argument(help="The query.")],
-             k: Annotated[int, typer.Option("-k", help="Number of results.")] = 5,
-             filter_: Annotated[list[str] | None, typer.Option(
-                 "--filter", help="Metadata filter key=value (repeatable).")] = None,
-             hybrid: Annotated[bool, typer.Option(help="Fuse BM25 with dense search.")] = False,
-             as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-             ) -> None:
+def kb_query(
+    directory: Annotated[Path, typer.Argument(help="Knowledge base directory.")],
+    text: Annotated[str, typer.Argument(help="The query.")],
+    k: Annotated[int, typer.Option("-k", help="Number of results.")] = 5,
+    filter_: Annotated[
+        list[str] | None, typer.Option("--filter", help="Metadata filter key=value (repeatable).")
+    ] = None,
+    hybrid: Annotated[bool, typer.Option(help="Fuse BM25 with dense search.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
     """Search a knowledge base."""
     import yaml
 
@@ -228,8 +262,7 @@ def kb_query(directory: Annotated[Path, typer.Argument(help="Knowledge base dire
 
 
 @kb_app.command("stats")
-def kb_stats(directory: Annotated[Path, typer.Argument(help="Knowledge base directory.")]
-             ) -> None:
+def kb_stats(directory: Annotated[Path, typer.Argument(help="Knowledge base directory.")]) -> None:
     """Counts, embedder, index type and measured recall of a knowledge base."""
     from promptkit.knowledge import KnowledgeBase
 
@@ -238,9 +271,13 @@ def kb_stats(directory: Annotated[Path, typer.Argument(help="Knowledge base dire
 
 # ---- templates ----------------------------------------------------------------------------------
 
+
 @template_app.command("list")
-def template_list(path: Annotated[list[Path] | None, typer.Option(
-        help="Extra template folder (repeatable).")] = None) -> None:
+def template_list(
+    path: Annotated[
+        list[Path] | None, typer.Option(help="Extra template folder (repeatable).")
+    ] = None,
+) -> None:
     """Templates on the search path, with their task kind and description."""
     from promptkit.templates import available_templates, load_template
 
@@ -253,26 +290,28 @@ def template_list(path: Annotated[list[Path] | None, typer.Option(
 
 
 @template_app.command("show")
-def template_show(name: Annotated[str, typer.Argument(help="Template name or .j2 path.")]
-                  ) -> None:
+def template_show(name: Annotated[str, typer.Argument(help="Template name or .j2 path.")]) -> None:
     """Print a template's source and what promptkit reads from its header."""
     from promptkit.templates import load_template
 
     template = load_template(name)
     echo(template.source)
-    echo(f"-- fields: {template.fields}  required: {template.required_fields}  "
-         f"truncate: {template.truncate}  verbalizer: {template.verbalizer}  "
-         f"sha256: {template.sha256[:12]}")
+    echo(
+        f"-- fields: {template.fields}  required: {template.required_fields}  "
+        f"truncate: {template.truncate}  verbalizer: {template.verbalizer}  "
+        f"sha256: {template.sha256[:12]}"
+    )
 
 
 @template_app.command("render")
-def template_render(name: Annotated[str, typer.Argument(help="Template name or .j2 path.")],
-                    example: Annotated[str | None, typer.Option(
-                        help="One example as JSON, e.g. '{\"text\": \"...\"}'.")] = None,
-                    data: Annotated[str | None, typer.Option(help="Dataset name or path.")
-                                    ] = None,
-                    n: Annotated[int, typer.Option("--n", help="Examples from --data.")] = 3,
-                    ) -> None:
+def template_render(
+    name: Annotated[str, typer.Argument(help="Template name or .j2 path.")],
+    example: Annotated[
+        str | None, typer.Option(help='One example as JSON, e.g. \'{"text": "..."}\'.')
+    ] = None,
+    data: Annotated[str | None, typer.Option(help="Dataset name or path.")] = None,
+    n: Annotated[int, typer.Option("--n", help="Examples from --data.")] = 3,
+) -> None:
     """Render a template on an example or on the first examples of a dataset."""
     from promptkit import datasets
     from promptkit.data import read_records
@@ -299,17 +338,20 @@ def template_render(name: Annotated[str, typer.Argument(help="Template name or .
 
 
 @template_app.command("check")
-def template_check(paths: Annotated[list[Path] | None, typer.Argument(
-        help="Template files or folders (default: the built-in library).")] = None,
-                   labels: Annotated[str | None, typer.Option(
-                       help="Comma-separated label set to check verbalizers against.")] = None,
-                   ) -> None:
+def template_check(
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Template files or folders (default: the built-in library)."),
+    ] = None,
+    labels: Annotated[
+        str | None, typer.Option(help="Comma-separated label set to check verbalizers against.")
+    ] = None,
+) -> None:
     """Lint templates; exits non-zero when any error is found (for CI)."""
     from promptkit.template_check import check_paths
     from promptkit.templates import builtin_template_dir
 
-    findings = check_paths(paths or [builtin_template_dir()],
-                           labels.split(",") if labels else None)
+    findings = check_paths(paths or [builtin_template_dir()], labels.split(",") if labels else None)
     for finding in findings:
         echo(str(finding))
     errors = sum(f.severity == "error" for f in findings)
@@ -319,6 +361,7 @@ def template_check(paths: Annotated[list[Path] | None, typer.Argument(
 
 
 # ---- models, config, version ------------------------------------------------------------------
+
 
 @app.command()
 def models() -> None:

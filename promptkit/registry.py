@@ -24,8 +24,9 @@ class Registry(Generic[T]):
         self._entries: dict[str, T] = {}
         self._lazy: dict[str, str] = {}
 
-    def register(self, name: str, obj: T | None = None, *, lazy: str | None = None,
-                 overwrite: bool = False) -> Callable[[T], T] | T:
+    def register(
+        self, name: str, obj: T | None = None, *, lazy: str | None = None, overwrite: bool = False
+    ) -> Callable[[T], T] | T:
         """Register ``obj`` under ``name``; with no ``obj``, return a decorator.
 
         ``lazy="package.module:attr"`` defers the import until the name is first used.
@@ -37,10 +38,12 @@ class Registry(Generic[T]):
             self._lazy[key] = lazy
             return lazy  # type: ignore[return-value]
         if obj is None:
+
             def decorator(target: T) -> T:
                 self._entries[key] = target
                 self._lazy.pop(key, None)
                 return target
+
             return decorator
         self._entries[key] = obj
         self._lazy.pop(key, None)

@@ -36,11 +36,13 @@ class ExperimentConfig(StrictModel):
     train_split: str = "train"
     eval_split: str | None = "validation"
     test_split: str = "test"
-    subsample: dict[str, int] = Field(default_factory=dict,
-                                      description="Examples kept per split, e.g. {train: 2000}.")
+    subsample: dict[str, int] = Field(
+        default_factory=dict, description="Examples kept per split, e.g. {train: 2000}."
+    )
     adapters: dict[str, dict[str, Any]] = Field(
         description="name -> {adapter: registry name, ...settings}; 'base' nests an adapter, "
-                    "'knowledge' names a knowledge spec key.")
+        "'knowledge' names a knowledge spec key."
+    )
     knowledge: dict[str, KnowledgeSpec] = Field(default_factory=dict)
     metrics: list[str] | None = None
     resamples: int = Field(1000, ge=10)
@@ -83,8 +85,9 @@ def apply_override(data: dict[str, Any], override: str) -> None:
         last = index == len(parts) - 1
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
-                raise ConfigError(f"Override {override!r}: {part!r} is not an index of a list "
-                                  f"of {len(node)}.")
+                raise ConfigError(
+                    f"Override {override!r}: {part!r} is not an index of a list of {len(node)}."
+                )
             if last:
                 node[int(part)] = yaml.safe_load(raw)
             else:
@@ -139,8 +142,9 @@ def build_adapter(spec: dict[str, Any], task: Any, knowledge: dict[str, Any]) ->
     if isinstance(settings.get("knowledge"), str):
         key = settings["knowledge"]
         if key not in knowledge:
-            raise ConfigError(f"Adapter {name!r} names knowledge {key!r}; defined: "
-                              f"{sorted(knowledge)}.")
+            raise ConfigError(
+                f"Adapter {name!r} names knowledge {key!r}; defined: {sorted(knowledge)}."
+            )
         settings["knowledge"] = knowledge[key]
     if "task" not in settings and "base" not in settings:
         settings["task"] = task
@@ -163,17 +167,20 @@ def run(config: RunConfig, echo: Any = print) -> Path:
         task = build_task(experiment.task)
         splits = load_splits(experiment, config.seed)
         sizes = ", ".join(f"{k}={len(v)}" for k, v in splits.items())
-        echo(f"   data: {sizes}" + (f" (subsampled: {experiment.subsample})"
-                                     if experiment.subsample else ""))
+        echo(
+            f"   data: {sizes}"
+            + (f" (subsampled: {experiment.subsample})" if experiment.subsample else "")
+        )
         knowledge = {}
-        for key, spec in experiment.knowledge.items():
-            source = Path(spec.source)
+        for key, source_spec in experiment.knowledge.items():
+            source = Path(source_spec.source)
             if (source / "manifest.json").is_file():
                 knowledge[key] = KnowledgeBase.load(source)
             else:
-                echo(f"   indexing {source} with {spec.embedder}")
-                knowledge[key] = KnowledgeBase.build(source, embedder=spec.embedder,
-                                                     index=spec.index)
+                echo(f"   indexing {source} with {source_spec.embedder}")
+                knowledge[key] = KnowledgeBase.build(
+                    source, embedder=source_spec.embedder, index=source_spec.index
+                )
         adapters = {}
         train = splits.get(experiment.train_split)
         eval_data = splits.get(experiment.eval_split) if experiment.eval_split else None
@@ -181,23 +188,31 @@ def run(config: RunConfig, echo: Any = print) -> Path:
             adapter = build_adapter(spec, task, knowledge)
             if experiment.fit:
                 if train is None:
-                    raise ConfigError(f"Experiment {experiment.name!r} has no split "
-                                      f"{experiment.train_split!r} to fit on.")
+                    raise ConfigError(
+                        f"Experiment {experiment.name!r} has no split "
+                        f"{experiment.train_split!r} to fit on."
+                    )
                 echo(f"   fitting {name} ({adapter.name})")
                 result = adapter.fit(train, eval_data=eval_data if adapter.trains else None)
-                echo(f"   {name}: fit in {result.fit_seconds:.1f}s, "
-                     f"{result.trainable_params:,} trainable parameters")
+                echo(
+                    f"   {name}: fit in {result.fit_seconds:.1f}s, "
+                    f"{result.trainable_params:,} trainable parameters"
+                )
             if config.save_adapters:
                 adapter.save(output / experiment.name / "adapters" / name)
             adapters[name] = adapter
-        evaluator = Evaluator(task, metrics=experiment.metrics, resamples=experiment.resamples,
-                              seed=config.seed)
-        report = evaluator.compare(adapters, splits[experiment.test_split],
-                                   progress=lambda n: echo(f"   evaluating {n}"))
+        evaluator = Evaluator(
+            task, metrics=experiment.metrics, resamples=experiment.resamples, seed=config.seed
+        )
+        report = evaluator.compare(
+            adapters, splits[experiment.test_split], progress=lambda n: echo(f"   evaluating {n}")
+        )
         report.title = f"{experiment.name} — {experiment.data}"
         if experiment.subsample:
-            report.notes.append(f"Subsampled for time: {experiment.subsample} (seed "
-                                f"{config.seed}); sizes used: {sizes}.")
+            report.notes.append(
+                f"Subsampled for time: {experiment.subsample} (seed "
+                f"{config.seed}); sizes used: {sizes}."
+            )
         report.save(output / experiment.name)
         echo(report.table())
         reports.append(report)

@@ -10,8 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from promptkit.data import DataSource, Records, read_records
 from promptkit.config import validate
+from promptkit.data import DataSource, Records, read_records
 from promptkit.errors import DataError
 from promptkit.templates import Template, load_template
 
@@ -44,9 +44,7 @@ class Task(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> Task:
         if self.kind == "classification" and len(self.labels) < 2:
-            raise ValueError(
-                f"a classification task needs at least two labels, got {self.labels}"
-            )
+            raise ValueError(f"a classification task needs at least two labels, got {self.labels}")
         template = self.template_obj  # loads and checks the template now, not at example 5,000
         if template.task != self.kind:
             raise ValueError(
@@ -58,21 +56,40 @@ class Task(BaseModel):
     # ---- constructors -------------------------------------------------------------------------
 
     @classmethod
-    def classification(cls, labels: Sequence[str], text_fields: Sequence[str] | str | None = None,
-                       label_field: str = "label", template: str | None = None,
-                       template_dirs: Sequence[str] = ()) -> Task:
+    def classification(
+        cls,
+        labels: Sequence[str],
+        text_fields: Sequence[str] | str | None = None,
+        label_field: str = "label",
+        template: str | None = None,
+        template_dirs: Sequence[str] = (),
+    ) -> Task:
         """A classification task. Only ``labels`` is needed for the common ``text`` → ``label``."""
-        return cls._build(kind="classification", labels=list(labels), text_fields=text_fields,
-                          label_field=label_field, template=template or "classify",
-                          template_dirs=list(template_dirs))
+        return cls._build(
+            kind="classification",
+            labels=list(labels),
+            text_fields=text_fields,
+            label_field=label_field,
+            template=template or "classify",
+            template_dirs=list(template_dirs),
+        )
 
     @classmethod
-    def generation(cls, prompt_fields: Sequence[str] | str | None = None,
-                   target_field: str = "answer", template: str | None = None,
-                   template_dirs: Sequence[str] = ()) -> Task:
-        """A generation task: render ``prompt_fields`` through the template, predict ``target_field``."""
-        return cls._build(kind="generation", text_fields=prompt_fields, target_field=target_field,
-                          template=template or "generate", template_dirs=list(template_dirs))
+    def generation(
+        cls,
+        prompt_fields: Sequence[str] | str | None = None,
+        target_field: str = "answer",
+        template: str | None = None,
+        template_dirs: Sequence[str] = (),
+    ) -> Task:
+        """A generation task: render ``prompt_fields``, predict ``target_field``."""
+        return cls._build(
+            kind="generation",
+            text_fields=prompt_fields,
+            target_field=target_field,
+            template=template or "generate",
+            template_dirs=list(template_dirs),
+        )
 
     @classmethod
     def _build(cls, text_fields: Sequence[str] | str | None, **kwargs: Any) -> Task:
@@ -102,8 +119,9 @@ class Task(BaseModel):
 
     # ---- data ---------------------------------------------------------------------------------
 
-    def prepare(self, source: DataSource, require_target: bool = True,
-                name: str = "data") -> Records:
+    def prepare(
+        self, source: DataSource, require_target: bool = True, name: str = "data"
+    ) -> Records:
         """Read and validate examples: fields present, labels known. Returns clean records."""
         if source is None:
             raise DataError(f"No {name} given.")
@@ -142,4 +160,3 @@ class Task(BaseModel):
             f"Example {index} of the {name} has label {value!r}, which is not in the label set "
             f"{self.labels}."
         )
-

@@ -35,7 +35,7 @@ class Finding:
 def _line_of(source: str, pattern: str, start_line: int = 1) -> int:
     lines = source.splitlines()
     regex = re.compile(pattern)
-    for number, line in enumerate(lines[start_line - 1:], start=start_line):
+    for number, line in enumerate(lines[start_line - 1 :], start=start_line):
         if regex.search(line):
             return number
     return start_line
@@ -50,8 +50,9 @@ def check_template(path: str | Path, labels: Sequence[str] | None = None) -> lis
         return [Finding(where, 1, "error", "unreadable", str(exc))]
     try:
         parse_header(source, where)
-        template = Template.from_string(source, name=Path(path).stem, path=where,
-                                        search_dirs=[Path(path).parent])
+        template = Template.from_string(
+            source, name=Path(path).stem, path=where, search_dirs=[Path(path).parent]
+        )
     except TemplateError as exc:
         message = str(exc)
         match = re.match(rf"{re.escape(where)}:(\d+): (.*)", message, re.DOTALL)
@@ -65,48 +66,85 @@ def check_template(path: str | Path, labels: Sequence[str] | None = None) -> lis
     declared = set(template.fields) | set(template.defaults) | BUILTIN_VARIABLES
     used = template.variables
     for name in sorted(used - declared):
-        findings.append(Finding(where, _line_of(source, rf"\b{re.escape(name)}\b", body_start),
-                                "error", "undefined",
-                                f"variable {name!r} is used but not declared in 'fields' or "
-                                "'defaults'"))
+        findings.append(
+            Finding(
+                where,
+                _line_of(source, rf"\b{re.escape(name)}\b", body_start),
+                "error",
+                "undefined",
+                f"variable {name!r} is used but not declared in 'fields' or 'defaults'",
+            )
+        )
     for name in sorted(set(template.fields) - used):
-        findings.append(Finding(where, _line_of(source, rf"\b{re.escape(name)}\b"), "warning",
-                                "unused", f"field {name!r} is declared but never used"))
+        findings.append(
+            Finding(
+                where,
+                _line_of(source, rf"\b{re.escape(name)}\b"),
+                "warning",
+                "unused",
+                f"field {name!r} is declared but never used",
+            )
+        )
     body_lines = source.splitlines()
-    for number, line in enumerate(body_lines[body_start - 1:], start=body_start):
-        stripped = re.sub(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", "", line)
+    for number, text in enumerate(body_lines[body_start - 1 :], start=body_start):
+        stripped = re.sub(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", "", text)
         for match in SINGLE_BRACE_RE.finditer(stripped):
-            findings.append(Finding(where, number, "error", "single-brace",
-                                    f"'{match.group(0)}' is printed literally; write "
-                                    f"'{{{{ {match.group(1)} }}}}' to insert the variable"))
+            findings.append(
+                Finding(
+                    where,
+                    number,
+                    "error",
+                    "single-brace",
+                    f"'{match.group(0)}' is printed literally; write "
+                    f"'{{{{ {match.group(1)} }}}}' to insert the variable",
+                )
+            )
     label_set = list(labels) if labels else template.labels
     if label_set:
         for label in template.verbalizer:
             if label not in label_set:
-                findings.append(Finding(where, _line_of(source, rf"^\s*['\"]?{re.escape(label)}"
-                                                                rf"['\"]?\s*:"),
-                                        "error", "verbalizer-label",
-                                        f"verbalizer label {label!r} is not in the label set "
-                                        f"{label_set}"))
+                findings.append(
+                    Finding(
+                        where,
+                        _line_of(
+                            source,
+                            rf"^\s*['\"]?{re.escape(label)}"
+                            rf"['\"]?\s*:",
+                        ),
+                        "error",
+                        "verbalizer-label",
+                        f"verbalizer label {label!r} is not in the label set {label_set}",
+                    )
+                )
     owners: dict[str, str] = {}
     for label, words in template.verbalizer.items():
         for word in words:
             key = word.strip().lower()
             if key in owners and owners[key] != label:
-                findings.append(Finding(where, _line_of(source, rf"\b{re.escape(word)}\b"),
-                                        "error", "verbalizer-duplicate",
-                                        f"word {word!r} serves both {owners[key]!r} and "
-                                        f"{label!r}"))
+                findings.append(
+                    Finding(
+                        where,
+                        _line_of(source, rf"\b{re.escape(word)}\b"),
+                        "error",
+                        "verbalizer-duplicate",
+                        f"word {word!r} serves both {owners[key]!r} and {label!r}",
+                    )
+                )
             owners.setdefault(key, label)
     if template.truncate and template.truncate not in used:
-        findings.append(Finding(where, _line_of(source, r"^truncate:"), "error", "truncate",
-                                f"'truncate: {template.truncate}' names a variable the body "
-                                "does not use"))
+        findings.append(
+            Finding(
+                where,
+                _line_of(source, r"^truncate:"),
+                "error",
+                "truncate",
+                f"'truncate: {template.truncate}' names a variable the body does not use",
+            )
+        )
     return findings
 
 
-def check_paths(paths: Iterable[str | Path], labels: Sequence[str] | None = None
-                ) -> list[Finding]:
+def check_paths(paths: Iterable[str | Path], labels: Sequence[str] | None = None) -> list[Finding]:
     """Findings for every ``.j2`` file in the given files and folders."""
     findings: list[Finding] = []
     for path in paths:

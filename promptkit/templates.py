@@ -38,8 +38,19 @@ import yaml
 from promptkit.errors import TemplateError, UnknownNameError
 
 HEADER_RE = re.compile(r"\A\s*\{#\s*---\s*\n(?P<yaml>.*?)\n\s*---\s*#\}[ \t]*\n?", re.DOTALL)
-HEADER_KEYS = {"name", "task", "description", "fields", "truncate", "verbalizer", "few_shot",
-               "version", "defaults", "labels", "answer_prefix"}
+HEADER_KEYS = {
+    "name",
+    "task",
+    "description",
+    "fields",
+    "truncate",
+    "verbalizer",
+    "few_shot",
+    "version",
+    "defaults",
+    "labels",
+    "answer_prefix",
+}
 TASK_KINDS = ("classification", "generation")
 SINGLE_BRACE_RE = re.compile(r"(?<![{\\])\{\s*([A-Za-z_]\w*)\s*\}(?!\})")
 
@@ -108,12 +119,18 @@ class Template:
     path: str | None = None
     search_dirs: list[str] = field(default_factory=list)
     body_line: int = 1
+    _compiled: Any = field(default=None, init=False, repr=False, compare=False)
 
     # ---- construction -------------------------------------------------------------------------
 
     @classmethod
-    def from_string(cls, text: str, name: str = "<string>", path: str | None = None,
-                    search_dirs: Iterable[str | os.PathLike[str]] = ()) -> Template:
+    def from_string(
+        cls,
+        text: str,
+        name: str = "<string>",
+        path: str | None = None,
+        search_dirs: Iterable[str | os.PathLike[str]] = (),
+    ) -> Template:
         header, body_line = parse_header(text, where=path or name)
         unknown = set(header) - HEADER_KEYS
         if unknown:
@@ -150,8 +167,9 @@ class Template:
         return template
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str],
-                  search_dirs: Iterable[str | os.PathLike[str]] = ()) -> Template:
+    def from_file(
+        cls, path: str | os.PathLike[str], search_dirs: Iterable[str | os.PathLike[str]] = ()
+    ) -> Template:
         file_path = Path(path)
         try:
             text = file_path.read_text(encoding="utf-8")
@@ -203,9 +221,7 @@ class Template:
 
     def label_words(self, labels: Sequence[str]) -> dict[str, list[str]]:
         """Verbalizer words per label; a label without an entry is spoken as its own name."""
-        return {
-            label: self.verbalizer.get(label) or [label.replace("_", " ")] for label in labels
-        }
+        return {label: self.verbalizer.get(label) or [label.replace("_", " ")] for label in labels}
 
     # ---- rendering ----------------------------------------------------------------------------
 
@@ -229,8 +245,14 @@ class Template:
                 f"Template {self.name!r} failed to render: {type(exc).__name__}: {exc}"
             ) from exc
 
-    def render_fitted(self, record: Mapping[str, Any], count_tokens: Any, max_tokens: int,
-                      stats: TruncationStats | None = None, **extra: Any) -> str:
+    def render_fitted(
+        self,
+        record: Mapping[str, Any],
+        count_tokens: Any,
+        max_tokens: int,
+        stats: TruncationStats | None = None,
+        **extra: Any,
+    ) -> str:
         """Render, cutting the ``truncate`` field (never the instruction) to fit ``max_tokens``.
 
         ``count_tokens`` maps text to a token count. The field is shortened by words, keeping the
@@ -303,7 +325,9 @@ def parse_header(text: str, where: str = "<string>") -> tuple[dict[str, Any], in
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise TemplateError(f"{where}:{line}: header is not valid YAML: {problem}") from exc
     if not isinstance(header, dict):
-        raise TemplateError(f"{where}:1: header must be a YAML mapping, got {type(header).__name__}.")
+        raise TemplateError(
+            f"{where}:1: header must be a YAML mapping, got {type(header).__name__}."
+        )
     return header, text[: match.end()].count("\n") + 1
 
 
@@ -317,8 +341,10 @@ def available_templates(extra: Iterable[str | os.PathLike[str]] = ()) -> dict[st
     return found
 
 
-def load_template(name_or_path: str | os.PathLike[str] | Template,
-                  search_dirs: Iterable[str | os.PathLike[str]] = ()) -> Template:
+def load_template(
+    name_or_path: str | os.PathLike[str] | Template,
+    search_dirs: Iterable[str | os.PathLike[str]] = (),
+) -> Template:
     """A template by name (from the search path), by file path, or passed through."""
     if isinstance(name_or_path, Template):
         return name_or_path
@@ -334,6 +360,7 @@ def load_template(name_or_path: str | os.PathLike[str] | Template,
     close = difflib.get_close_matches(str(name_or_path), list(known), n=3, cutoff=0.5)
     hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     raise UnknownNameError(
-        f"Unknown template {str(name_or_path)!r}.{hint} Known templates: {', '.join(sorted(known))}."
+        f"Unknown template {str(name_or_path)!r}.{hint} Known templates: "
+        f"{', '.join(sorted(known))}."
         " A path to a .j2 file also works."
     )

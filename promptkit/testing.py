@@ -31,27 +31,37 @@ def toy_classification(n: int = 48, seed: int = 0) -> list[dict[str, str]]:
     for i in range(n):
         label = "positive" if i % 2 == 0 else "negative"
         words = POSITIVE_WORDS if label == "positive" else NEGATIVE_WORDS
-        text = " ".join(rng.choice(FILLER) for _ in range(3)) + " " + " ".join(
-            rng.choice(words) for _ in range(2))
+        text = (
+            " ".join(rng.choice(FILLER) for _ in range(3))
+            + " "
+            + " ".join(rng.choice(words) for _ in range(2))
+        )
         records.append({"text": text, "label": label})
     return records
 
 
 def toy_generation(n: int = 24) -> list[dict[str, str]]:
     """Question/answer pairs where the answer is a fixed function of the question."""
-    pairs = [("what is good", "great"), ("what is bad", "awful"), ("what is the film", "a movie"),
-             ("what is the plot", "a story")]
-    return [{"question": pairs[i % len(pairs)][0], "answer": pairs[i % len(pairs)][1]}
-            for i in range(n)]
+    pairs = [
+        ("what is good", "great"),
+        ("what is bad", "awful"),
+        ("what is the film", "a movie"),
+        ("what is the plot", "a story"),
+    ]
+    return [
+        {"question": pairs[i % len(pairs)][0], "answer": pairs[i % len(pairs)][1]} for i in range(n)
+    ]
 
 
 def _corpus() -> list[str]:
     words = POSITIVE_WORDS + NEGATIVE_WORDS + FILLER
     base = [" ".join(words[i:] + words[:i]) for i in range(len(words))]
-    extra = ["Review: Is this review positive or negative? Answer: positive negative",
-             "Text: Choose one of: Answer: Question: what is the a story movie great awful yes no",
-             "Use the numbered passages to answer the question. Cite [1] [2] [3] [4] passages",
-             "Article: news grain corn wheat maybe summary document premise hypothesis ."]
+    extra = [
+        "Review: Is this review positive or negative? Answer: positive negative",
+        "Text: Choose one of: Answer: Question: what is the a story movie great awful yes no",
+        "Use the numbered passages to answer the question. Cite [1] [2] [3] [4] passages",
+        "Article: news grain corn wheat maybe summary document premise hypothesis .",
+    ]
     return base + extra
 
 
@@ -73,30 +83,57 @@ def build_tiny_model(kind: TinyKind, folder: str | Path) -> Path:
 
     torch.manual_seed(0)
     folder = Path(folder)
+    config: Any
     if kind == "bert":
         from transformers import BertConfig, BertModel
 
         raw = _word_level_tokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], "[UNK]")
         cls_id, sep_id = raw.token_to_id("[CLS]"), raw.token_to_id("[SEP]")
         raw.post_processor = processors.TemplateProcessing(
-            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
-            special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+            single="[CLS] $A [SEP]",
+            pair="[CLS] $A [SEP] $B [SEP]",
+            special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+        )
         tokenizer = PreTrainedTokenizerFast(
-            tokenizer_object=raw, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
-            sep_token="[SEP]", mask_token="[MASK]", model_max_length=128)
-        config = BertConfig(vocab_size=raw.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
-                            num_attention_heads=2, intermediate_size=64,
-                            max_position_embeddings=128)
+            tokenizer_object=raw,
+            pad_token="[PAD]",
+            unk_token="[UNK]",
+            cls_token="[CLS]",
+            sep_token="[SEP]",
+            mask_token="[MASK]",
+            model_max_length=128,
+        )
+        config = BertConfig(
+            vocab_size=raw.get_vocab_size(),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=128,
+        )
         model: Any = BertModel(config)
     elif kind == "gpt2":
         from transformers import GPT2Config, GPT2LMHeadModel
 
         raw = _word_level_tokenizer(["<|endoftext|>", "<unk>"], "<unk>")
         tokenizer = PreTrainedTokenizerFast(
-            tokenizer_object=raw, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
-            unk_token="<unk>", pad_token="<|endoftext|>", model_max_length=128)
-        config = GPT2Config(vocab_size=raw.get_vocab_size(), n_embd=32, n_layer=2, n_head=2,
-                            n_positions=128, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+            tokenizer_object=raw,
+            eos_token="<|endoftext|>",
+            bos_token="<|endoftext|>",
+            unk_token="<unk>",
+            pad_token="<|endoftext|>",
+            model_max_length=128,
+        )
+        config = GPT2Config(
+            vocab_size=raw.get_vocab_size(),
+            n_embd=32,
+            n_layer=2,
+            n_head=2,
+            n_positions=128,
+            bos_token_id=0,
+            eos_token_id=0,
+            pad_token_id=0,
+        )
         model = GPT2LMHeadModel(config)
     elif kind == "t5":
         from transformers import T5Config, T5ForConditionalGeneration
@@ -104,13 +141,26 @@ def build_tiny_model(kind: TinyKind, folder: str | Path) -> Path:
         raw = _word_level_tokenizer(["<pad>", "</s>", "<unk>"], "<unk>")
         eos_id = raw.token_to_id("</s>")
         raw.post_processor = processors.TemplateProcessing(
-            single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", eos_id)])
+            single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", eos_id)]
+        )
         tokenizer = PreTrainedTokenizerFast(
-            tokenizer_object=raw, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
-            model_max_length=128)
-        config = T5Config(vocab_size=raw.get_vocab_size(), d_model=32, d_kv=16, d_ff=64,
-                          num_layers=2, num_heads=2, decoder_start_token_id=0, pad_token_id=0,
-                          eos_token_id=eos_id)
+            tokenizer_object=raw,
+            pad_token="<pad>",
+            eos_token="</s>",
+            unk_token="<unk>",
+            model_max_length=128,
+        )
+        config = T5Config(  # type: ignore[call-arg]
+            vocab_size=raw.get_vocab_size(),
+            d_model=32,
+            d_kv=16,
+            d_ff=64,
+            num_layers=2,
+            num_heads=2,
+            decoder_start_token_id=0,
+            pad_token_id=0,
+            eos_token_id=eos_id,
+        )
         model = T5ForConditionalGeneration(config)
     else:
         raise ValueError(f"Unknown tiny model kind {kind!r}; use bert, gpt2 or t5.")
@@ -130,8 +180,12 @@ def tiny_model(kind: TinyKind) -> str:
     return str(_TINY[kind])
 
 
-def check_adapter(make: Callable[[], Any], train: list[dict[str, Any]],
-                  inputs: list[dict[str, Any]], workdir: str | Path) -> dict[str, Any]:
+def check_adapter(
+    make: Callable[[], Any],
+    train: list[dict[str, Any]],
+    inputs: list[dict[str, Any]],
+    workdir: str | Path,
+) -> dict[str, Any]:
     """Conformance check for one adapter; raises AssertionError naming the broken promise.
 
     ``make`` builds a fresh, unfitted adapter. Returns what it measured, for reporting.
@@ -150,10 +204,12 @@ def check_adapter(make: Callable[[], Any], train: list[dict[str, Any]],
     result = adapter.fit(train)
     if adapter.trains:
         assert result.initial_loss is not None and result.train_loss is not None, (
-            f"{adapter.name}: FitResult must report initial and final training loss")
+            f"{adapter.name}: FitResult must report initial and final training loss"
+        )
         assert result.train_loss < result.initial_loss, (
             f"{adapter.name}: training loss did not go down "
-            f"({result.initial_loss:.4f} -> {result.train_loss:.4f})")
+            f"({result.initial_loss:.4f} -> {result.train_loss:.4f})"
+        )
         assert result.trainable_params > 0, f"{adapter.name}: no trainable parameters reported"
     predictions = adapter.predict(inputs)
     assert len(predictions) == len(inputs), f"{adapter.name}: one prediction per input"
@@ -162,7 +218,8 @@ def check_adapter(make: Callable[[], Any], train: list[dict[str, Any]],
             assert prediction.label in task.labels, f"{adapter.name}: label outside label set"
             assert prediction.scores is not None and set(prediction.scores) == set(task.labels)
             assert math.isclose(sum(prediction.scores.values()), 1.0, abs_tol=1e-3), (
-                f"{adapter.name}: scores must be probabilities summing to 1")
+                f"{adapter.name}: scores must be probabilities summing to 1"
+            )
         else:
             assert isinstance(prediction.text, str), f"{adapter.name}: generation gives text"
     path = Path(workdir) / f"{adapter.name}-artifact"
@@ -171,11 +228,13 @@ def check_adapter(make: Callable[[], Any], train: list[dict[str, Any]],
     again = load_adapter(path).predict(inputs)
     for before, after in zip(predictions, again, strict=True):
         assert before.label == after.label and before.text == after.text, (
-            f"{adapter.name}: predictions changed after save/load")
+            f"{adapter.name}: predictions changed after save/load"
+        )
         if before.scores and after.scores:
             for label, score in before.scores.items():
                 assert math.isclose(score, after.scores[label], abs_tol=1e-4), (
-                    f"{adapter.name}: scores changed after save/load")
+                    f"{adapter.name}: scores changed after save/load"
+                )
     bad_field = "not_a_field"
     try:
         adapter.predict([{bad_field: 1}])
@@ -183,5 +242,8 @@ def check_adapter(make: Callable[[], Any], train: list[dict[str, Any]],
         pass
     else:
         raise AssertionError(f"{adapter.name}: bad input must raise a PromptkitError")
-    return {"initial_loss": result.initial_loss, "train_loss": result.train_loss,
-            "trainable_params": result.trainable_params}
+    return {
+        "initial_loss": result.initial_loss,
+        "train_loss": result.train_loss,
+        "trainable_params": result.trainable_params,
+    }

@@ -6,9 +6,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-import pytest  # noqa: E402
+import pytest
 
-from promptkit.testing import tiny_model, toy_classification, toy_generation  # noqa: E402
+from promptkit.testing import tiny_model, toy_classification, toy_generation
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,6 @@ import time
 import pytest
 
 import promptkit as pk
-from promptkit.testing import toy_classification
 
 SETTINGS = {"epochs": 6, "batch_size": 8, "logging_steps": 50}
 

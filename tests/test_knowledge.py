@@ -124,7 +124,7 @@ def test_bad_files_skipped_with_one_warning(folder, tmp_path):
     outside.write_text("secret")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        documents, skipped = scan_folder(folder)
+        _documents, skipped = scan_folder(folder)
     assert len(caught) == 1 and "binary.txt" in str(caught[0].message)
     assert {s.split(" ")[0] for s in skipped} == {"binary.txt", "latin.txt"}
     with pytest.raises(KnowledgeBaseError, match="binary"):

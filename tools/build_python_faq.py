@@ -57,7 +57,7 @@ def convert_body(lines: list[str]) -> str:
         if re.match(r"\s*\.\. _[^:]+:\s*$", line) or re.match(r"\s*\.\.\s*$", line):
             continue
         if line.rstrip().endswith("::"):
-            line = line.rstrip()[:-1] if not line.strip() == "::" else ""
+            line = line.rstrip()[:-1] if line.strip() != "::" else ""
         out.append(clean_inline(line.rstrip()))
     text = "\n".join(out)
     return re.sub(r"\n{3,}", "\n\n", text).strip()

@@ -33,5 +33,12 @@ def load_adapter(path: str | Path) -> Adapter:
     return Adapter.load(path)
 
 
-__all__ = ["Adapter", "AdapterConfig", "FitResult", "Prediction", "adapters", "create_adapter",
-           "load_adapter"]
+__all__ = [
+    "Adapter",
+    "AdapterConfig",
+    "FitResult",
+    "Prediction",
+    "adapters",
+    "create_adapter",
+    "load_adapter",
+]

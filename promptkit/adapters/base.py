@@ -114,8 +114,14 @@ class Adapter(ABC):
 
     # ---- public contract ----------------------------------------------------------------------
 
-    def fit(self, train: DataSource, eval_data: DataSource | None = None, *,
-            resume: bool = False, run_dir: str | Path | None = None) -> FitResult:
+    def fit(
+        self,
+        train: DataSource,
+        eval_data: DataSource | None = None,
+        *,
+        resume: bool = False,
+        run_dir: str | Path | None = None,
+    ) -> FitResult:
         """Train (or, for adapters that do not train, record) on ``train``.
 
         ``eval_data`` drives early stopping where the adapter supports it; ``resume=True``
@@ -134,8 +140,9 @@ class Adapter(ABC):
         )
         seed_everything(self.config.seed)
         start = time.perf_counter()
-        result = self._fit(records, eval_records, resume=resume,
-                           run_dir=Path(run_dir) if run_dir else None)
+        result = self._fit(
+            records, eval_records, resume=resume, run_dir=Path(run_dir) if run_dir else None
+        )
         result.fit_seconds = time.perf_counter() - start
         result.examples = len(records)
         self.fitted_ = True
@@ -156,8 +163,10 @@ class Adapter(ABC):
         self._check_fitted()
         if int(os.environ.get("RANK", "0")) != 0:  # distributed: only rank 0 writes artifacts
             return Path(path)
-        meta = {"template_sha256": self.task.template_obj.sha256,
-                "fit": self.fit_result_.to_dict() if self.fit_result_ else None}
+        meta = {
+            "template_sha256": self.task.template_obj.sha256,
+            "fit": self.fit_result_.to_dict() if self.fit_result_ else None,
+        }
         with write_artifact(path, kind=self.name, config=self.config.to_dict(), meta=meta) as tmp:
             (tmp / "template.j2").write_text(self.task.template_obj.source, encoding="utf-8")
             self._save(tmp)
@@ -195,13 +204,14 @@ class Adapter(ABC):
 
     def batches(self, records: Records, size: int | None = None) -> list[Records]:
         step = size or self.config.batch_size
-        return [records[i: i + step] for i in range(0, len(records), step)]
+        return [records[i : i + step] for i in range(0, len(records), step)]
 
     # ---- hooks --------------------------------------------------------------------------------
 
     @abstractmethod
-    def _fit(self, train: Records, eval_data: Records | None, *, resume: bool,
-             run_dir: Path | None) -> FitResult:
+    def _fit(
+        self, train: Records, eval_data: Records | None, *, resume: bool, run_dir: Path | None
+    ) -> FitResult:
         """Learn from validated records and return what was measured."""
 
     @abstractmethod

@@ -12,8 +12,14 @@ from promptkit.task import Task
 from promptkit.templates import TruncationStats
 
 
-def render_inputs(task: Task, records: list[dict[str, Any]], tokenizer: Any, max_length: int,
-                  reserve: int = 0, **extra: Any) -> list[str]:
+def render_inputs(
+    task: Task,
+    records: list[dict[str, Any]],
+    tokenizer: Any,
+    max_length: int,
+    reserve: int = 0,
+    **extra: Any,
+) -> list[str]:
     """Rendered prompts that fit in ``max_length - reserve`` tokens."""
     template = task.template_obj
     stats = TruncationStats()
@@ -22,8 +28,10 @@ def render_inputs(task: Task, records: list[dict[str, Any]], tokenizer: Any, max
     def count(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=True)["input_ids"])
 
-    texts = [template.render_fitted(record, count, budget, stats, labels=task.labels, **extra)
-             for record in records]
+    texts = [
+        template.render_fitted(record, count, budget, stats, labels=task.labels, **extra)
+        for record in records
+    ]
     stats.warn(template.name, budget)
     return texts
 

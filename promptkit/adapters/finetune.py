@@ -41,11 +41,15 @@ class TrainingConfig(AdapterConfig):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     dropout: float | None = Field(None, ge=0, lt=1, description="Override the model's dropout.")
     class_weights: Literal["balanced"] | dict[str, float] | None = Field(
-        None, description="'balanced' or a weight per label, for imbalanced classes.")
+        None, description="'balanced' or a weight per label, for imbalanced classes."
+    )
     early_stopping_patience: int | None = Field(
-        None, ge=1, description="Stop after this many evaluations without improvement.")
+        None, ge=1, description="Stop after this many evaluations without improvement."
+    )
     metric: str = Field("accuracy", description="Metric for early stopping and the best model.")
-    eval_steps: int | None = Field(None, ge=1, description="Evaluate every N steps (else per epoch).")
+    eval_steps: int | None = Field(
+        None, ge=1, description="Evaluate every N steps (else per epoch)."
+    )
     logging_steps: int = Field(20, ge=1)
     augment: str | None = Field(None, description="Data augmenter name, e.g. 'word_dropout'.")
     augment_copies: int = Field(1, ge=1, le=10)
@@ -110,15 +114,21 @@ class FineTuneAdapter(Adapter):
         head = self.head_ = self._resolve_head()
         labels = dict(enumerate(self.task.labels))
         if pretrained and not self.config.from_scratch:
-            model = models.load_model(source, head, id2label=labels if head == "seq_cls" else None)
+            model = models.load_model(
+                source,
+                head,
+                id2label=labels if head == "seq_cls" else None,  # type: ignore[arg-type]
+            )
         else:
             config = transformers.AutoConfig.from_pretrained(models.resolve(source))
             if head == "seq_cls":
                 config.num_labels, config.id2label = len(labels), labels
                 config.label2id = {v: k for k, v in labels.items()}
-            auto = {"seq_cls": transformers.AutoModelForSequenceClassification,
-                    "causal_lm": transformers.AutoModelForCausalLM,
-                    "seq2seq_lm": transformers.AutoModelForSeq2SeqLM}[head]
+            auto = {
+                "seq_cls": transformers.AutoModelForSequenceClassification,
+                "causal_lm": transformers.AutoModelForCausalLM,
+                "seq2seq_lm": transformers.AutoModelForSeq2SeqLM,
+            }[head]
             torch.manual_seed(self.config.seed)
             model = auto.from_config(config)
         if self.config.dropout is not None:
@@ -136,23 +146,31 @@ class FineTuneAdapter(Adapter):
         if self.head_ == "seq_cls":
             texts = render_inputs(self.task, records, tokenizer, max_length)
             encoded = tokenizer(texts, truncation=True, max_length=max_length)
-            rows = [{"input_ids": ids, "attention_mask": mask} for ids, mask in
-                    zip(encoded["input_ids"], encoded["attention_mask"], strict=True)]
+            rows = [
+                {"input_ids": ids, "attention_mask": mask}
+                for ids, mask in zip(encoded["input_ids"], encoded["attention_mask"], strict=True)
+            ]
             if with_targets:
                 index = {label: i for i, label in enumerate(self.task.labels)}
                 for row, record in zip(rows, records, strict=True):
                     row["labels"] = index[record[self.task.label_field]]
             return rows
         target_budget = max(8, max_length // 4)
-        prompts = render_inputs(self.task, records, tokenizer, max_length,
-                                reserve=target_budget if with_targets else 0)
+        prompts = render_inputs(
+            self.task, records, tokenizer, max_length, reserve=target_budget if with_targets else 0
+        )
         if self.head_ == "seq2seq_lm":
             encoded = tokenizer(prompts, truncation=True, max_length=max_length)
-            rows = [{"input_ids": ids, "attention_mask": mask} for ids, mask in
-                    zip(encoded["input_ids"], encoded["attention_mask"], strict=True)]
+            rows = [
+                {"input_ids": ids, "attention_mask": mask}
+                for ids, mask in zip(encoded["input_ids"], encoded["attention_mask"], strict=True)
+            ]
             if with_targets:
-                targets = tokenizer([str(r[self.task.target_field]) for r in records],
-                                    truncation=True, max_length=target_budget)
+                targets = tokenizer(
+                    [str(r[self.task.target_field]) for r in records],
+                    truncation=True,
+                    max_length=target_budget,
+                )
                 for row, ids in zip(rows, targets["input_ids"], strict=True):
                     row["labels"] = ids
             return rows
@@ -180,8 +198,14 @@ class FineTuneAdapter(Adapter):
 
     # ---- training -----------------------------------------------------------------------------
 
-    def _fit(self, train: list[dict[str, Any]], eval_data: list[dict[str, Any]] | None, *,
-             resume: bool, run_dir: Path | None) -> FitResult:
+    def _fit(
+        self,
+        train: list[dict[str, Any]],
+        eval_data: list[dict[str, Any]] | None,
+        *,
+        resume: bool,
+        run_dir: Path | None,
+    ) -> FitResult:
         from transformers import EarlyStoppingCallback
 
         from promptkit.adapters.trainer import PromptkitTrainer, training_arguments
@@ -203,19 +227,29 @@ class FineTuneAdapter(Adapter):
         out = Path(run_dir) if run_dir else Path(tempfile.mkdtemp(prefix="promptkit-run-"))
         out.mkdir(parents=True, exist_ok=True)
         try:
-            args = training_arguments(self.config, out, has_eval=eval_rows is not None,
-                                      higher_is_better=self._higher_is_better(),
-                                      save=self.config.save_checkpoints and not scratch)
+            args = training_arguments(
+                self.config,
+                out,
+                has_eval=eval_rows is not None,
+                higher_is_better=self._higher_is_better(),
+                save=self.config.save_checkpoints and not scratch,
+            )
             callbacks = []
             if self.config.early_stopping_patience:
                 callbacks.append(EarlyStoppingCallback(self.config.early_stopping_patience))
             trainer = PromptkitTrainer(
-                model=self.model_, args=args, train_dataset=train_rows, eval_dataset=eval_rows,
-                data_collator=self._collator(), callbacks=callbacks,
-                compute_metrics=self._compute_metrics if eval_rows and self.head_ == "seq_cls"
+                model=self.model_,
+                args=args,
+                train_dataset=train_rows,
+                eval_dataset=eval_rows,
+                data_collator=self._collator(),
+                callbacks=callbacks,
+                compute_metrics=self._compute_metrics
+                if eval_rows and self.head_ == "seq_cls"
                 else None,
                 preprocess_logits_for_metrics=_argmax if self.head_ == "seq_cls" else None,
-                class_weights=self._class_weights(train), metrics_log=out / "metrics.jsonl",
+                class_weights=self._class_weights(train),
+                metrics_log=out / "metrics.jsonl",
                 label_smoothing=self.config.label_smoothing,
             )
             checkpoint = resume and any(out.glob("checkpoint-*"))
@@ -234,13 +268,19 @@ class FineTuneAdapter(Adapter):
             chosen = evals[-1]
             if best is not None:
                 chosen = (max if self._higher_is_better() else min)(
-                    (h for h in evals if key in h), key=lambda h: h[key], default=evals[-1])
+                    (h for h in evals if key in h), key=lambda h: h[key], default=evals[-1]
+                )
             eval_metrics = {k[5:]: v for k, v in chosen.items() if k.startswith("eval_")}
         trainable, total = _count_parameters(self.model_)
         return FitResult(
-            train_loss=self._mean_loss(probe), initial_loss=initial_loss,
-            eval_metrics=eval_metrics, history=history, trainable_params=trainable,
-            total_params=total, stopped_early=stopped, best_checkpoint=best,
+            train_loss=self._mean_loss(probe),
+            initial_loss=initial_loss,
+            eval_metrics=eval_metrics,
+            history=history,
+            trainable_params=trainable,
+            total_params=total,
+            stopped_early=stopped,
+            best_checkpoint=best,
         )
 
     def _augmented(self, train: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -251,8 +291,11 @@ class FineTuneAdapter(Adapter):
         import random
 
         rng = random.Random(self.config.seed)
-        extra = [{**r, field: augment(r[field], rng)} for _ in range(self.config.augment_copies)
-                 for r in train]
+        extra = [
+            {**r, field: augment(r[field], rng)}
+            for _ in range(self.config.augment_copies)
+            for r in train
+        ]
         return train + extra
 
     def _higher_is_better(self) -> bool:
@@ -272,17 +315,20 @@ class FineTuneAdapter(Adapter):
             return [len(train) / (len(labels) * max(counts[label], 1)) for label in labels]
         unknown = set(setting) - set(labels)
         if unknown:
-            raise ConfigError(f"class_weights names unknown label(s) {sorted(unknown)}; "
-                              f"labels are {labels}.")
+            raise ConfigError(
+                f"class_weights names unknown label(s) {sorted(unknown)}; labels are {labels}."
+            )
         return [float(setting.get(label, 1.0)) for label in labels]
 
     def _compute_metrics(self, prediction: Any) -> dict[str, float]:
         from promptkit.metrics import ClassificationBatch
 
         spec = metrics.get(self.config.metric if self.config.metric != "loss" else "accuracy")
-        batch = ClassificationBatch(np.asarray(prediction.label_ids).astype(np.int64).ravel(),
-                                    np.asarray(prediction.predictions).astype(np.int64).ravel(),
-                                    list(self.task.labels))
+        batch = ClassificationBatch(
+            np.asarray(prediction.label_ids).astype(np.int64).ravel(),
+            np.asarray(prediction.predictions).astype(np.int64).ravel(),
+            list(self.task.labels),
+        )
         return {spec.name: spec.compute(batch)}
 
     def _mean_loss(self, rows: list[dict[str, Any]]) -> float:
@@ -294,7 +340,7 @@ class FineTuneAdapter(Adapter):
         losses = []
         with torch.inference_mode():
             for start in range(0, len(rows), self.config.batch_size):
-                batch = collate(rows[start: start + self.config.batch_size])
+                batch = collate(rows[start : start + self.config.batch_size])
                 losses.append(float(self.model_(**batch).loss))
         self.model_.train()
         return sum(losses) / max(len(losses), 1)
@@ -310,7 +356,7 @@ class FineTuneAdapter(Adapter):
         self.model_.eval()
         with torch.inference_mode():
             for start in range(0, len(order), self.config.batch_size):
-                indices = order[start: start + self.config.batch_size]
+                indices = order[start : start + self.config.batch_size]
                 batch = [rows[i] for i in indices]
                 for i, prediction in zip(indices, self._predict_batch(batch), strict=True):
                     results[i] = prediction
@@ -323,8 +369,13 @@ class FineTuneAdapter(Adapter):
             inputs = self.tokenizer_.pad(batch, return_tensors="pt")
             probs = torch.softmax(self.model_(**inputs).logits.float(), dim=-1).tolist()
             labels = self.task.labels
-            return [Prediction(label=labels[max(range(len(p)), key=p.__getitem__)],
-                               scores=dict(zip(labels, p, strict=True))) for p in probs]
+            return [
+                Prediction(
+                    label=labels[max(range(len(p)), key=p.__getitem__)],
+                    scores=dict(zip(labels, p, strict=True)),
+                )
+                for p in probs
+            ]
         padding_side = self.tokenizer_.padding_side
         if self.head_ == "causal_lm":
             self.tokenizer_.padding_side = "left"  # generation continues from the right edge
@@ -332,11 +383,14 @@ class FineTuneAdapter(Adapter):
             inputs = self.tokenizer_.pad(batch, return_tensors="pt")
         finally:
             self.tokenizer_.padding_side = padding_side
-        output = self.model_.generate(**inputs, max_new_tokens=self.config.max_new_tokens,
-                                      do_sample=False,
-                                      pad_token_id=self.tokenizer_.pad_token_id)
+        output = self.model_.generate(
+            **inputs,
+            max_new_tokens=self.config.max_new_tokens,
+            do_sample=False,
+            pad_token_id=self.tokenizer_.pad_token_id,
+        )
         if self.head_ == "causal_lm":
-            output = output[:, inputs["input_ids"].shape[1]:]
+            output = output[:, inputs["input_ids"].shape[1] :]
         texts = self.tokenizer_.batch_decode(output, skip_special_tokens=True)
         return [Prediction(text=t.strip()) for t in texts]
 

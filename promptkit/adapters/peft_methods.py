@@ -73,7 +73,9 @@ class PeftAdapter(FineTuneAdapter):
         self._check_fitted()
         manifest = read_manifest(path)
         if manifest["kind"] != self.name:
-            raise ConfigError(f"{path} holds a {manifest['kind']!r} adapter; this is {self.name!r}.")
+            raise ConfigError(
+                f"{path} holds a {manifest['kind']!r} adapter; this is {self.name!r}."
+            )
         other = manifest["config"]
         if other.get("model") != self.config.model or other["task"]["labels"] != self.task.labels:
             raise ConfigError(f"{path} was trained on another base model or label set.")
@@ -91,9 +93,15 @@ class PeftAdapter(FineTuneAdapter):
         self._check_fitted()
         if not hasattr(self.model_, "merge_and_unload"):
             raise ConfigError(f"{self.name} adapters cannot be merged into the base model.")
-        merged = FullFineTune(TrainingConfig(**{
-            k: v for k, v in self.config.model_dump().items() if k in TrainingConfig.model_fields
-        }))
+        merged = FullFineTune(
+            TrainingConfig(
+                **{
+                    k: v
+                    for k, v in self.config.model_dump().items()
+                    if k in TrainingConfig.model_fields
+                }
+            )
+        )
         merged.model_ = self.model_.merge_and_unload()
         merged.tokenizer_, merged.head_ = self.tokenizer_, self.head_
         merged.fitted_, merged.fit_result_ = True, self.fit_result_
@@ -102,8 +110,9 @@ class PeftAdapter(FineTuneAdapter):
 
 def _base_reference(model: str | None) -> dict[str, Any]:
     path = Path(models.resolve(model or ""))
-    weights = next((p for p in (path / "model.safetensors", path / "pytorch_model.bin")
-                    if p.is_file()), None)
+    weights = next(
+        (p for p in (path / "model.safetensors", path / "pytorch_model.bin") if p.is_file()), None
+    )
     return {"model": model, "sha256": sha256_file(weights) if weights else None}
 
 
@@ -126,10 +135,14 @@ class LoraAdapter(PeftAdapter):
     def _peft_config(self, task_type: str, model: Any) -> Any:
         from peft import LoraConfig as PeftLoraConfig
 
-        return PeftLoraConfig(task_type=task_type, r=self.config.r, lora_alpha=self.config.alpha,
-                              lora_dropout=self.config.lora_dropout,
-                              target_modules=self.config.target_modules,
-                              use_dora=self.config.use_dora)
+        return PeftLoraConfig(
+            task_type=task_type,
+            r=self.config.r,
+            lora_alpha=self.config.alpha,
+            lora_dropout=self.config.lora_dropout,
+            target_modules=self.config.target_modules,
+            use_dora=self.config.use_dora,
+        )
 
 
 class PromptTuningConfig(TrainingConfig):
@@ -152,10 +165,12 @@ class PromptTuningAdapter(PeftAdapter):
 
         text = self.config.init == "text"
         return PeftPromptTuningConfig(
-            task_type=task_type, num_virtual_tokens=self.config.num_virtual_tokens,
+            task_type=task_type,
+            num_virtual_tokens=self.config.num_virtual_tokens,
             prompt_tuning_init=PromptTuningInit.TEXT if text else PromptTuningInit.RANDOM,
             prompt_tuning_init_text=self.config.init_text if text else None,
-            tokenizer_name_or_path=models.resolve(self.config.model or "") if text else None)
+            tokenizer_name_or_path=models.resolve(self.config.model or "") if text else None,
+        )
 
 
 class PrefixTuningConfig(TrainingConfig):
@@ -185,9 +200,11 @@ class PrefixTuningAdapter(PeftAdapter):
                 "seq2seq LM, or use p_tuning / prompt_tuning / lora for classification."
             )
 
-        return PeftPrefixTuningConfig(task_type=task_type,
-                                      num_virtual_tokens=self.config.num_virtual_tokens,
-                                      prefix_projection=self.config.prefix_projection)
+        return PeftPrefixTuningConfig(
+            task_type=task_type,
+            num_virtual_tokens=self.config.num_virtual_tokens,
+            prefix_projection=self.config.prefix_projection,
+        )
 
 
 class PTuningConfig(TrainingConfig):
@@ -206,9 +223,11 @@ class PTuningAdapter(PeftAdapter):
     def _peft_config(self, task_type: str, model: Any) -> Any:
         from peft import PromptEncoderConfig
 
-        return PromptEncoderConfig(task_type=task_type,
-                                   num_virtual_tokens=self.config.num_virtual_tokens,
-                                   encoder_hidden_size=self.config.encoder_hidden_size)
+        return PromptEncoderConfig(
+            task_type=task_type,
+            num_virtual_tokens=self.config.num_virtual_tokens,
+            encoder_hidden_size=self.config.encoder_hidden_size,
+        )
 
 
 class IA3Config(TrainingConfig):
@@ -227,5 +246,8 @@ class IA3Adapter(PeftAdapter):
     def _peft_config(self, task_type: str, model: Any) -> Any:
         from peft import IA3Config as PeftIA3Config
 
-        return PeftIA3Config(task_type=task_type, target_modules=self.config.target_modules,
-                             feedforward_modules=self.config.feedforward_modules)
+        return PeftIA3Config(
+            task_type=task_type,
+            target_modules=self.config.target_modules,
+            feedforward_modules=self.config.feedforward_modules,
+        )

@@ -30,7 +30,8 @@ class PromptConfig(AdapterConfig):
     max_length: int = Field(512, ge=8, le=32768)
     batch_size: int = Field(8, ge=1)
     scoring: Literal["sum", "mean"] = Field(
-        "mean", description="Sum of label-word token log-probs, or their mean (length-normalized).")
+        "mean", description="Sum of label-word token log-probs, or their mean (length-normalized)."
+    )
     calibrate: bool = Field(False, description="Contextual calibration on content-free inputs.")
     shots: int = Field(0, ge=0, le=64, description="Demonstrations placed before each input.")
     chat: bool = Field(True, description="Wrap the prompt in the model's chat template if any.")
@@ -66,7 +67,7 @@ class PromptAdapter(Adapter):
         self._head = models.architecture_head(source)
         key = (models.resolve(source), self._head)
         if key not in _MODEL_CACHE:
-            model = models.load_model(source, self._head)  # type: ignore[arg-type]
+            model = models.load_model(source, self._head)
             model.eval()
             _MODEL_CACHE[key] = (model, models.load_tokenizer(source))
         self._model, self._tokenizer = _MODEL_CACHE[key]
@@ -95,12 +96,15 @@ class PromptAdapter(Adapter):
         self._ensure_model()
         template = self.task.template_obj
         separator = str(template.few_shot.get("separator", "\n\n"))
-        bodies = render_inputs(self.task, records, self._tokenizer, self.config.max_length,
-                               reserve=self._demo_budget())
+        bodies = render_inputs(
+            self.task, records, self._tokenizer, self.config.max_length, reserve=self._demo_budget()
+        )
         texts = []
         for index, (record, body) in enumerate(zip(records, bodies, strict=True)):
-            demos = [self.task.render(d) + template.answer_prefix + self._answer_of(d)
-                     for d in self._demos_for(index, record)]
+            demos = [
+                self.task.render(d) + template.answer_prefix + self._answer_of(d)
+                for d in self._demos_for(index, record)
+            ]
             texts.append(self._wrap_chat(separator.join([*demos, body])))
         return texts
 
@@ -111,16 +115,23 @@ class PromptAdapter(Adapter):
         tokenizer = self._tokenizer
         if not self.config.chat or not getattr(tokenizer, "chat_template", None):
             return text
-        return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                             add_generation_prompt=True)
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+        )
 
     def _uses_chat(self) -> bool:
         return bool(self.config.chat and getattr(self._tokenizer, "chat_template", None))
 
     # ---- adapter hooks ------------------------------------------------------------------------
 
-    def _fit(self, train: list[dict[str, Any]], eval_data: list[dict[str, Any]] | None, *,
-             resume: bool, run_dir: Path | None) -> FitResult:
+    def _fit(
+        self,
+        train: list[dict[str, Any]],
+        eval_data: list[dict[str, Any]] | None,
+        *,
+        resume: bool,
+        run_dir: Path | None,
+    ) -> FitResult:
         self.demonstrations_ = list(train[:2000]) if self.config.shots else []
         if self.task.kind == "classification" and self.config.calibrate:
             self._ensure_prior()
@@ -133,8 +144,9 @@ class PromptAdapter(Adapter):
     def _ensure_prior(self) -> list[float]:
         if self.prior_ is None:
             field = self.task.text_fields[0]
-            rows = [{f: "" for f in self.task.text_fields} | {field: value} for value in
-                    CONTENT_FREE]
+            rows = [
+                {f: "" for f in self.task.text_fields} | {field: value} for value in CONTENT_FREE
+            ]
             probs = [self._label_probabilities(p) for p in self.prompts(rows)]
             self.prior_ = [sum(col) / len(col) for col in zip(*probs, strict=True)]
         return self.prior_
@@ -154,8 +166,9 @@ class PromptAdapter(Adapter):
                 total = sum(probs)
                 probs = [p / total for p in probs]
             best = max(range(len(labels)), key=probs.__getitem__)
-            predictions.append(Prediction(label=labels[best],
-                                          scores=dict(zip(labels, probs, strict=True))))
+            predictions.append(
+                Prediction(label=labels[best], scores=dict(zip(labels, probs, strict=True)))
+            )
         return predictions
 
     # ---- scoring ------------------------------------------------------------------------------
@@ -179,14 +192,16 @@ class PromptAdapter(Adapter):
         import torch
 
         continuations = self._continuations()
-        prompt_ids = [self._tokenizer(p, add_special_tokens=not self._uses_chat())["input_ids"]
-                      for p in prompts]
+        prompt_ids = [
+            self._tokenizer(p, add_special_tokens=not self._uses_chat())["input_ids"]
+            for p in prompts
+        ]
         order = length_sorted(prompt_ids, len)
         word_scores: list[list[float]] = [[] for _ in prompts]
         score = self._score_seq2seq if self._head == "seq2seq_lm" else self._score_causal
         with torch.inference_mode():
             for start in range(0, len(order), self.config.batch_size):
-                indices = order[start: start + self.config.batch_size]
+                indices = order[start : start + self.config.batch_size]
                 rows = score([prompt_ids[i] for i in indices], [c for _, c in continuations])
                 for i, row in zip(indices, rows, strict=True):
                     word_scores[i] = row
@@ -215,11 +230,16 @@ class PromptAdapter(Adapter):
         ids = torch.full((n_prompts, width), pad)
         mask = torch.zeros((n_prompts, width), dtype=torch.long)
         for i, prompt in enumerate(prompts):  # left padding: every prompt ends at the last column
-            ids[i, width - len(prompt):] = torch.tensor(prompt)
-            mask[i, width - len(prompt):] = 1
+            ids[i, width - len(prompt) :] = torch.tensor(prompt)
+            mask[i, width - len(prompt) :] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self._model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                          use_cache=True, logits_to_keep=1)
+        out = self._model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=1,
+        )
         first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (P, V)
         firsts = torch.tensor([c[0] for c in conts])
         totals = first[:, firsts]  # (P, C)
@@ -234,21 +254,26 @@ class PromptAdapter(Adapter):
                 rest[j, : len(cont) - 1] = torch.tensor(cont[:-1])
                 rest_mask[j, : len(cont) - 1] = 1
                 targets[j, : len(cont) - 1] = torch.tensor(cont[1:])
-            step_mask = torch.cat([mask.repeat_interleave(n_conts, 0),
-                                   rest_mask.repeat(n_prompts, 1)], dim=1)
-            step_pos = positions[:, -1:].repeat_interleave(n_conts, 0) + 1 + torch.arange(
-                longest - 1)
-            logits = self._model(input_ids=rest.repeat(n_prompts, 1), attention_mask=step_mask,
-                                 position_ids=step_pos, past_key_values=cache).logits
+            step_mask = torch.cat(
+                [mask.repeat_interleave(n_conts, 0), rest_mask.repeat(n_prompts, 1)], dim=1
+            )
+            step_pos = (
+                positions[:, -1:].repeat_interleave(n_conts, 0) + 1 + torch.arange(longest - 1)
+            )
+            logits = self._model(
+                input_ids=rest.repeat(n_prompts, 1),
+                attention_mask=step_mask,
+                position_ids=step_pos,
+                past_key_values=cache,
+            ).logits
             logprobs = torch.log_softmax(logits.float(), dim=-1)
             tgt = targets.repeat(n_prompts, 1)
             picked = logprobs.gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (tgt != -100)
             totals = totals + picked.sum(-1).view(n_prompts, n_conts)
         lengths = torch.tensor([len(c) for c in conts], dtype=torch.float32)
-        return self._normalize(totals, lengths).tolist()  # type: ignore[no-any-return]
+        return self._normalize(totals, lengths).tolist()
 
-    def _score_seq2seq(self, prompts: list[list[int]], conts: list[list[int]]
-                       ) -> list[list[float]]:
+    def _score_seq2seq(self, prompts: list[list[int]], conts: list[list[int]]) -> list[list[float]]:
         import torch
 
         inputs = self._tokenizer.pad({"input_ids": prompts}, return_tensors="pt")
@@ -260,15 +285,18 @@ class PromptAdapter(Adapter):
             labels[j, : len(cont)] = torch.tensor(cont)
         labels = labels.repeat(n_prompts, 1)
         hidden = encoder.last_hidden_state.repeat_interleave(n_conts, 0)
-        logits = self._model(encoder_outputs=(hidden,),
-                             attention_mask=inputs["attention_mask"].repeat_interleave(n_conts, 0),
-                             labels=labels).logits
+        logits = self._model(
+            encoder_outputs=(hidden,),
+            attention_mask=inputs["attention_mask"].repeat_interleave(n_conts, 0),
+            labels=labels,
+        ).logits
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         picked = logprobs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (
-            labels != -100)
+            labels != -100
+        )
         totals = picked.sum(-1).view(n_prompts, n_conts)
         lengths = torch.tensor([len(c) for c in conts], dtype=torch.float32)
-        return self._normalize(totals, lengths).tolist()  # type: ignore[no-any-return]
+        return self._normalize(totals, lengths).tolist()
 
     # ---- generation ---------------------------------------------------------------------------
 
@@ -283,20 +311,29 @@ class PromptAdapter(Adapter):
         try:
             with torch.inference_mode():
                 for start in range(0, len(order), self.config.batch_size):
-                    indices = order[start: start + self.config.batch_size]
-                    batch = tokenizer([prompts[i] for i in indices], return_tensors="pt",
-                                      padding=True, add_special_tokens=not self._uses_chat())
-                    kwargs: dict[str, Any] = {"max_new_tokens": self.config.max_new_tokens,
-                                              "do_sample": self.config.do_sample,
-                                              "pad_token_id": tokenizer.pad_token_id}
+                    indices = order[start : start + self.config.batch_size]
+                    batch = tokenizer(
+                        [prompts[i] for i in indices],
+                        return_tensors="pt",
+                        padding=True,
+                        add_special_tokens=not self._uses_chat(),
+                    )
+                    kwargs: dict[str, Any] = {
+                        "max_new_tokens": self.config.max_new_tokens,
+                        "do_sample": self.config.do_sample,
+                        "pad_token_id": tokenizer.pad_token_id,
+                    }
                     if self.config.do_sample:
                         torch.manual_seed(self.config.seed + start)
                         kwargs.update(temperature=self.config.temperature, top_p=self.config.top_p)
                     output = self._model.generate(**batch, **kwargs)
                     if self._head == "causal_lm":
-                        output = output[:, batch["input_ids"].shape[1]:]
-                    for i, text in zip(indices, tokenizer.batch_decode(
-                            output, skip_special_tokens=True), strict=True):
+                        output = output[:, batch["input_ids"].shape[1] :]
+                    for i, text in zip(
+                        indices,
+                        tokenizer.batch_decode(output, skip_special_tokens=True),
+                        strict=True,
+                    ):
                         texts[i] = _cut(text, self.config.stop)
         finally:
             tokenizer.padding_side = side

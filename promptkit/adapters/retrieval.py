@@ -59,12 +59,19 @@ class RetrievalAdapter(Adapter):
         adapter = super().create(**settings)
         assert isinstance(adapter, RetrievalAdapter)
         if adapter.base_ is None and adapter.task.kind != "classification":
-            raise ConfigError("The retrieval adapter needs base=<adapter> for generation tasks; "
-                              "alone it classifies by kNN.")
-        if adapter.base_ is not None and adapter.knowledge_ is None and not (
-                adapter.config.demonstrations):
-            raise ConfigError("Pass knowledge=<KnowledgeBase or directory> to inject passages, or "
-                              "demonstrations=True to retrieve few-shot examples.")
+            raise ConfigError(
+                "The retrieval adapter needs base=<adapter> for generation tasks; "
+                "alone it classifies by kNN."
+            )
+        if (
+            adapter.base_ is not None
+            and adapter.knowledge_ is None
+            and not (adapter.config.demonstrations)
+        ):
+            raise ConfigError(
+                "Pass knowledge=<KnowledgeBase or directory> to inject passages, or "
+                "demonstrations=True to retrieve few-shot examples."
+            )
         return adapter
 
     @staticmethod
@@ -81,30 +88,45 @@ class RetrievalAdapter(Adapter):
 
     # ---- hooks --------------------------------------------------------------------------------
 
-    def _fit(self, train: list[dict[str, Any]], eval_data: list[dict[str, Any]] | None, *,
-             resume: bool, run_dir: Path | None) -> FitResult:
+    def _fit(
+        self,
+        train: list[dict[str, Any]],
+        eval_data: list[dict[str, Any]] | None,
+        *,
+        resume: bool,
+        run_dir: Path | None,
+    ) -> FitResult:
         from promptkit.knowledge import KnowledgeBase
 
         result = FitResult()
         if self._knn or self.config.demonstrations:
             field, label = self.task.text_fields[0], self.task.label_field
-            records = [{"text": r[field], "label": r[label], "row": i,
-                        "source": f"example:{i}"} for i, r in enumerate(train)]
-            self.memory_ = KnowledgeBase.build(records, embedder=self.config.embedder,
-                                               chunking={"max_tokens": 512, "overlap": 0})
+            records = [
+                {"text": r[field], "label": r[label], "row": i, "source": f"example:{i}"}
+                for i, r in enumerate(train)
+            ]
+            self.memory_ = KnowledgeBase.build(
+                records, embedder=self.config.embedder, chunking={"max_tokens": 512, "overlap": 0}
+            )
         if self.base_ is not None:
             base_train = [self._with_context(r, i) for i, r in enumerate(train)]
             result = self.base_.fit(base_train, eval_data)
         result.total_params = result.total_params or 0
         return result
 
-    def _with_context(self, record: dict[str, Any], _: int = 0,
-                      hits: list[Any] | None = None) -> dict[str, Any]:
+    def _with_context(
+        self, record: dict[str, Any], _: int = 0, hits: list[Any] | None = None
+    ) -> dict[str, Any]:
         if self.knowledge_ is None or self.config.context_field in record:
             return record
         query = " ".join(str(record[f]) for f in self.task.text_fields)
-        found = hits if hits is not None else self.knowledge_.search(
-            query, k=self.config.top_k, filter=self.config.filter, hybrid=self.config.hybrid)
+        found = (
+            hits
+            if hits is not None
+            else self.knowledge_.search(
+                query, k=self.config.top_k, filter=self.config.filter, hybrid=self.config.hybrid
+            )
+        )
         return {**record, self.config.context_field: [h.to_dict() for h in found]}
 
     def _predict(self, records: list[dict[str, Any]]) -> list[Prediction]:
@@ -114,19 +136,35 @@ class RetrievalAdapter(Adapter):
         enriched = records
         sources: list[list[dict[str, Any]]] = [[] for _ in records]
         if self.knowledge_ is not None:
-            hits = self.knowledge_.search_many(queries, k=self.config.top_k,
-                                               filter=self.config.filter,
-                                               hybrid=self.config.hybrid)
+            hits = self.knowledge_.search_many(
+                queries, k=self.config.top_k, filter=self.config.filter, hybrid=self.config.hybrid
+            )
             enriched = [self._with_context(r, hits=h) for r, h in zip(records, hits, strict=True)]
-            sources = [[{"number": n + 1, "source": x.source, "span": list(x.span),
-                         "score": x.score, "text": x.text} for n, x in enumerate(h)]
-                       for h in hits]
+            sources = [
+                [
+                    {
+                        "number": n + 1,
+                        "source": x.source,
+                        "span": list(x.span),
+                        "score": x.score,
+                        "text": x.text,
+                    }
+                    for n, x in enumerate(h)
+                ]
+                for h in hits
+            ]
         if self.config.demonstrations:
             neighbours = self._memory().search_many(queries, k=self.config.top_k)
             field, label = self.task.text_fields[0], self.task.label_field
-            enriched = [{**r, "demonstrations": [{field: h.text, label: h.metadata["label"]}
-                                                 for h in reversed(found)]}
-                        for r, found in zip(enriched, neighbours, strict=True)]
+            enriched = [
+                {
+                    **r,
+                    "demonstrations": [
+                        {field: h.text, label: h.metadata["label"]} for h in reversed(found)
+                    ],
+                }
+                for r, found in zip(enriched, neighbours, strict=True)
+            ]
         assert self.base_ is not None
         predictions = self.base_.predict(enriched)
         for prediction, used in zip(predictions, sources, strict=True):
@@ -145,13 +183,21 @@ class RetrievalAdapter(Adapter):
             weights = dict.fromkeys(labels, 1e-9)
             for hit in hits:
                 weights[hit.metadata["label"]] += math.exp(
-                    (hit.score - 1.0) / self.config.temperature)
+                    (hit.score - 1.0) / self.config.temperature
+                )
             total = sum(weights.values())
             scores = {label: weights[label] / total for label in labels}
             best = max(labels, key=scores.__getitem__)
-            predictions.append(Prediction(label=best, scores=scores, sources=[
-                {"source": h.source, "score": h.score, "label": h.metadata["label"]}
-                for h in hits]))
+            predictions.append(
+                Prediction(
+                    label=best,
+                    scores=scores,
+                    sources=[
+                        {"source": h.source, "score": h.score, "label": h.metadata["label"]}
+                        for h in hits
+                    ],
+                )
+            )
         return predictions
 
     def _save(self, directory: Path) -> None:

@@ -11,8 +11,9 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 
-def training_arguments(config: Any, out: Path, has_eval: bool, higher_is_better: bool,
-                       save: bool) -> TrainingArguments:
+def training_arguments(
+    config: Any, out: Path, has_eval: bool, higher_is_better: bool, save: bool
+) -> TrainingArguments:
     """Map promptkit's training settings onto ``TrainingArguments``."""
     strategy = "no"
     if has_eval:
@@ -36,7 +37,7 @@ def training_arguments(config: Any, out: Path, has_eval: bool, higher_is_better:
         eval_strategy=strategy,
         eval_steps=config.eval_steps,
         save_strategy=save_strategy,
-        save_steps=config.eval_steps if save_strategy == "steps" else None,
+        save_steps=config.eval_steps or 500,
         save_total_limit=2 if save_strategy != "no" else None,
         load_best_model_at_end=keep_best,
         metric_for_best_model=metric if has_eval else None,
@@ -57,8 +58,9 @@ class MetricsLog(TrainerCallback):
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
-               **kwargs: Any) -> None:
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
+    ) -> None:
         if logs and state.is_world_process_zero:
             with open(self.path, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps({"step": state.global_step, **logs}) + "\n")
@@ -67,9 +69,14 @@ class MetricsLog(TrainerCallback):
 class PromptkitTrainer(Trainer):
     """``Trainer`` plus class-weighted (and label-smoothed) cross-entropy for classification."""
 
-    def __init__(self, *args: Any, class_weights: list[float] | None = None,
-                 metrics_log: Path | None = None, label_smoothing: float = 0.0,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        class_weights: list[float] | None = None,
+        metrics_log: Path | None = None,
+        label_smoothing: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.class_weights = torch.tensor(class_weights) if class_weights else None
         self.smoothing = label_smoothing
@@ -78,13 +85,19 @@ class PromptkitTrainer(Trainer):
         if self.class_weights is not None:
             self.label_smoother = None  # smoothing is folded into the weighted loss below
 
-    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
-                     num_items_in_batch: Any = None) -> Any:
+    def compute_loss(
+        self,
+        model: Any,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> Any:
         if self.class_weights is None:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         labels = inputs.pop("labels")
         outputs = model(**inputs)
-        loss_fn = torch.nn.CrossEntropyLoss(weight=self.class_weights.to(outputs.logits.device),
-                                            label_smoothing=self.smoothing)
+        loss_fn = torch.nn.CrossEntropyLoss(
+            weight=self.class_weights.to(outputs.logits.device), label_smoothing=self.smoothing
+        )
         loss = loss_fn(outputs.logits.view(-1, outputs.logits.shape[-1]), labels.view(-1))
         return (loss, outputs) if return_outputs else loss

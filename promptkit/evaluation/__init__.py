@@ -10,5 +10,14 @@ from promptkit.evaluation.stats import (
     paired_permutation,
 )
 
-__all__ = ["AdapterResult", "Comparison", "Evaluator", "Interval", "Report", "bootstrap",
-           "mcnemar_exact", "paired_bootstrap", "paired_permutation"]
+__all__ = [
+    "AdapterResult",
+    "Comparison",
+    "Evaluator",
+    "Interval",
+    "Report",
+    "bootstrap",
+    "mcnemar_exact",
+    "paired_bootstrap",
+    "paired_permutation",
+]

@@ -39,8 +39,16 @@ SCORE_DEFAULTS = ["roc_auc", "log_loss", "ece"]
 GENERATION_DEFAULTS = ["exact_match", "token_f1", "rouge_l", "bleu"]
 RAG_DEFAULTS = ["context_recall", "answer_context_overlap"]
 RETRIEVAL_DEFAULTS = ["hit_rate", "mrr", "ndcg_at_k", "recall_at_k", "precision_at_k"]
-LIBRARIES = ["promptkit", "torch", "transformers", "peft", "sentence-transformers", "faiss-cpu",
-             "scikit-learn", "numpy"]
+LIBRARIES = [
+    "promptkit",
+    "torch",
+    "transformers",
+    "peft",
+    "sentence-transformers",
+    "faiss-cpu",
+    "scikit-learn",
+    "numpy",
+]
 
 
 @dataclass
@@ -95,8 +103,14 @@ class Evaluator:
     predictions carry scores). Every interval uses the same resamples (fixed ``seed``).
     """
 
-    def __init__(self, task: Task | None = None, metrics: Sequence[str] | None = None,
-                 resamples: int = 1000, alpha: float = 0.05, seed: int = 0) -> None:
+    def __init__(
+        self,
+        task: Task | None = None,
+        metrics: Sequence[str] | None = None,
+        resamples: int = 1000,
+        alpha: float = 0.05,
+        seed: int = 0,
+    ) -> None:
         if resamples < 10:
             raise ConfigError(f"resamples must be at least 10, got {resamples}.")
         if not 0 < alpha < 0.5:
@@ -112,8 +126,12 @@ class Evaluator:
     def evaluate(self, adapter: Adapter, data: DataSource, name: str | None = None) -> Report:
         return self.compare({name or adapter.name: adapter}, data)
 
-    def compare(self, adapters: Mapping[str, Adapter], data: DataSource,
-                progress: Callable[[str], None] | None = None) -> Report:
+    def compare(
+        self,
+        adapters: Mapping[str, Adapter],
+        data: DataSource,
+        progress: Callable[[str], None] | None = None,
+    ) -> Report:
         """Predict with every adapter on ``data`` and compare them pairwise."""
         if not adapters:
             raise ConfigError("compare() needs at least one adapter.")
@@ -132,8 +150,13 @@ class Evaluator:
             results.append(result)
         return self._report(task, results, records)
 
-    def score(self, task: Task, records: Sequence[Mapping[str, Any]],
-              predictions: Sequence[Prediction], name: str = "predictions") -> AdapterResult:
+    def score(
+        self,
+        task: Task,
+        records: Sequence[Mapping[str, Any]],
+        predictions: Sequence[Prediction],
+        name: str = "predictions",
+    ) -> AdapterResult:
         """Metrics for precomputed predictions (aligned with ``records``)."""
         if len(records) != len(predictions):
             raise DataError(f"{len(predictions)} predictions for {len(records)} examples.")
@@ -144,14 +167,26 @@ class Evaluator:
     def _specs(self, defaults: list[str]) -> list[MetricSpec]:
         return [metrics.get(n) for n in (self.metric_names or defaults)]
 
-    def _score_classification(self, task: Task, records: Sequence[Mapping[str, Any]],
-                              predictions: Sequence[Prediction], name: str) -> AdapterResult:
+    def _score_classification(
+        self,
+        task: Task,
+        records: Sequence[Mapping[str, Any]],
+        predictions: Sequence[Prediction],
+        name: str,
+    ) -> AdapterResult:
         labels = task.labels
         have_scores = all(p.scores for p in predictions)
-        scores = (np.array([[p.scores[label] for label in labels] for p in predictions])  # type: ignore[index]
-                  if have_scores else None)
-        batch = ClassificationBatch.from_names([r[task.label_field] for r in records],
-                                               [str(p.label) for p in predictions], labels, scores)
+        scores = (
+            np.array([[p.scores[label] for label in labels] for p in predictions])  # type: ignore[index]
+            if have_scores
+            else None
+        )
+        batch = ClassificationBatch.from_names(
+            [r[task.label_field] for r in records],
+            [str(p.label) for p in predictions],
+            labels,
+            scores,
+        )
         specs = self._specs(CLASSIFICATION_DEFAULTS + (SCORE_DEFAULTS if have_scores else []))
         specs = [s for s in specs if have_scores or not s.needs_scores]
         intervals = bootstrap(specs, batch, len(records), self.resamples, self.alpha, self.seed)
@@ -163,32 +198,63 @@ class Evaluator:
             precision = tp / predicted if predicted else 0.0
             recall = tp / actual if actual else 0.0
             f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-            per_class[label] = {"precision": float(precision), "recall": float(recall),
-                                "f1": float(f1), "support": int(actual)}
-        rows = [{"index": i, "reference": r[task.label_field], **p.to_dict()}
-                for i, (r, p) in enumerate(zip(records, predictions, strict=True))]
-        return AdapterResult(name, intervals, per_class=per_class,
-                             confusion=confusion.tolist(), predictions=rows, batch=batch)
+            per_class[label] = {
+                "precision": float(precision),
+                "recall": float(recall),
+                "f1": float(f1),
+                "support": int(actual),
+            }
+        rows = [
+            {"index": i, "reference": r[task.label_field], **p.to_dict()}
+            for i, (r, p) in enumerate(zip(records, predictions, strict=True))
+        ]
+        return AdapterResult(
+            name,
+            intervals,
+            per_class=per_class,
+            confusion=confusion.tolist(),
+            predictions=rows,
+            batch=batch,
+        )
 
-    def _score_generation(self, task: Task, records: Sequence[Mapping[str, Any]],
-                          predictions: Sequence[Prediction], name: str) -> AdapterResult:
+    def _score_generation(
+        self,
+        task: Task,
+        records: Sequence[Mapping[str, Any]],
+        predictions: Sequence[Prediction],
+        name: str,
+    ) -> AdapterResult:
         contexts = None
         if any(p.sources for p in predictions):
             contexts = [[s.get("text", "") for s in (p.sources or [])] for p in predictions]
-        batch = GenerationBatch([str(r[task.target_field]) for r in records],
-                                [p.text or "" for p in predictions], contexts)
+        batch = GenerationBatch(
+            [str(r[task.target_field]) for r in records],
+            [p.text or "" for p in predictions],
+            contexts,
+        )
         specs = self._specs(GENERATION_DEFAULTS + (RAG_DEFAULTS if contexts else []))
         intervals = bootstrap(specs, batch, len(records), self.resamples, self.alpha, self.seed)
-        rows = [{"index": i, "reference": r[task.target_field],
-                 **{f: r[f] for f in task.text_fields}, **p.to_dict()}
-                for i, (r, p) in enumerate(zip(records, predictions, strict=True))]
+        rows = [
+            {
+                "index": i,
+                "reference": r[task.target_field],
+                **{f: r[f] for f in task.text_fields},
+                **p.to_dict(),
+            }
+            for i, (r, p) in enumerate(zip(records, predictions, strict=True))
+        ]
         return AdapterResult(name, intervals, predictions=rows, batch=batch)
 
     # ---- retrieval ----------------------------------------------------------------------------
 
-    def retrieval(self, searchers: Mapping[str, Callable[[str], list[Any]]],
-                  queries: Sequence[str], relevant: Sequence[set[Any]], k: int = 10,
-                  cutoffs: Sequence[int] = (1, 5, 10)) -> Report:
+    def retrieval(
+        self,
+        searchers: Mapping[str, Callable[[str], list[Any]]],
+        queries: Sequence[str],
+        relevant: Sequence[set[Any]],
+        k: int = 10,
+        cutoffs: Sequence[int] = (1, 5, 10),
+    ) -> Report:
         """Compare retrieval systems: each searcher maps a query to ranked ids."""
         results = []
         for name, search in searchers.items():
@@ -199,18 +265,38 @@ class Evaluator:
             batch = None
             for cutoff in cutoffs:
                 batch = RetrievalBatch(retrieved, [set(r) for r in relevant], cutoff)
-                found = bootstrap([metrics.get("recall_at_k")], batch, len(queries),
-                                  self.resamples, self.alpha, self.seed)
+                found = bootstrap(
+                    [metrics.get("recall_at_k")],
+                    batch,
+                    len(queries),
+                    self.resamples,
+                    self.alpha,
+                    self.seed,
+                )
                 intervals[f"recall@{cutoff}"] = found["recall_at_k"]
             batch = RetrievalBatch(retrieved, [set(r) for r in relevant], k)
-            found = bootstrap([metrics.get("mrr"), metrics.get("ndcg_at_k")], batch,
-                              len(queries), self.resamples, self.alpha, self.seed)
+            found = bootstrap(
+                [metrics.get("mrr"), metrics.get("ndcg_at_k")],
+                batch,
+                len(queries),
+                self.resamples,
+                self.alpha,
+                self.seed,
+            )
             intervals["mrr"], intervals[f"ndcg@{k}"] = found["mrr"], found["ndcg_at_k"]
-            rows = [{"index": i, "query": q, "retrieved": r, "relevant": sorted(map(str, rel))}
-                    for i, (q, r, rel) in enumerate(zip(queries, retrieved, relevant,
-                                                        strict=True))]
-            results.append(AdapterResult(name, intervals, predictions=rows, batch=batch, costs={
-                "queries_per_second": len(queries) / max(seconds, 1e-9)}))
+            rows = [
+                {"index": i, "query": q, "retrieved": r, "relevant": sorted(map(str, rel))}
+                for i, (q, r, rel) in enumerate(zip(queries, retrieved, relevant, strict=True))
+            ]
+            results.append(
+                AdapterResult(
+                    name,
+                    intervals,
+                    predictions=rows,
+                    batch=batch,
+                    costs={"queries_per_second": len(queries) / max(seconds, 1e-9)},
+                )
+            )
         report = Report("retrieval", results, [], self._reproducibility(None, []), self.alpha)
         report.comparisons = self._compare_retrieval(results)
         return report
@@ -219,27 +305,34 @@ class Evaluator:
         out = []
         spec = metrics.get("mrr")
         for i, a in enumerate(results):
-            for b in results[i + 1:]:
-                p = paired_permutation(spec.values(a.batch), spec.values(b.batch),
-                                       seed=self.seed)
+            for b in results[i + 1 :]:
+                p = paired_permutation(spec.values(a.batch), spec.values(b.batch), seed=self.seed)
                 diff = a.metrics["mrr"].value - b.metrics["mrr"].value
-                out.append(Comparison(a.name, b.name, "mrr", diff, p, "paired permutation",
-                                      p < self.alpha))
+                out.append(
+                    Comparison(a.name, b.name, "mrr", diff, p, "paired permutation", p < self.alpha)
+                )
         return out
 
     # ---- report -------------------------------------------------------------------------------
 
-    def _report(self, task: Task, results: list[AdapterResult],
-                records: Sequence[Mapping[str, Any]]) -> Report:
+    def _report(
+        self, task: Task, results: list[AdapterResult], records: Sequence[Mapping[str, Any]]
+    ) -> Report:
         comparisons = []
         for i, a in enumerate(results):
-            for b in results[i + 1:]:
+            for b in results[i + 1 :]:
                 for name in a.metrics:
                     if name not in b.metrics:
                         continue
                     comparisons.append(self._paired(metrics.get(name), a, b))
-        return Report(task.kind, results, comparisons, self._reproducibility(task, records),
-                      self.alpha, labels=list(task.labels))
+        return Report(
+            task.kind,
+            results,
+            comparisons,
+            self._reproducibility(task, records),
+            self.alpha,
+            labels=list(task.labels),
+        )
 
     def _paired(self, spec: MetricSpec, a: AdapterResult, b: AdapterResult) -> Comparison:
         n = len(a.predictions)
@@ -247,7 +340,8 @@ class Evaluator:
         if spec.name == "accuracy":
             test = "McNemar exact"
             p = mcnemar_exact(a.batch.refs == a.batch.preds, b.batch.refs == b.batch.preds)[
-                "p_value"]
+                "p_value"
+            ]
         elif spec.per_example is not None:
             test = "paired permutation"
             p = paired_permutation(spec.values(a.batch), spec.values(b.batch), seed=self.seed)
@@ -256,14 +350,22 @@ class Evaluator:
             p = paired_bootstrap(spec, a.batch, b.batch, n, self.resamples, self.seed)
         return Comparison(a.name, b.name, spec.name, difference, p, test, p < self.alpha)
 
-    def _reproducibility(self, task: Task | None, records: Sequence[Mapping[str, Any]]
-                         ) -> dict[str, Any]:
-        info: dict[str, Any] = {"libraries": library_versions(), "seed": self.seed,
-                                "resamples": self.resamples, "alpha": self.alpha}
+    def _reproducibility(
+        self, task: Task | None, records: Sequence[Mapping[str, Any]]
+    ) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "libraries": library_versions(),
+            "seed": self.seed,
+            "resamples": self.resamples,
+            "alpha": self.alpha,
+        }
         if task is not None:
-            info.update(task=task.model_dump(mode="json"),
-                        template_sha256=task.template_obj.sha256,
-                        data_sha256=data_hash(records), examples=len(records))
+            info.update(
+                task=task.model_dump(mode="json"),
+                template_sha256=task.template_obj.sha256,
+                data_sha256=data_hash(records),
+                examples=len(records),
+            )
         return info
 
 

@@ -15,9 +15,14 @@ from promptkit.data import write_jsonl
 if TYPE_CHECKING:
     from promptkit.evaluation.evaluator import AdapterResult, Comparison
 
-COST_COLUMNS = [("fit_seconds", "fit s"), ("trainable_params", "trainable params"),
-                ("predict_examples_per_second", "predict ex/s"), ("artifact_mb", "artifact MB"),
-                ("peak_rss_mb", "peak RSS MB"), ("queries_per_second", "queries/s")]
+COST_COLUMNS = [
+    ("fit_seconds", "fit s"),
+    ("trainable_params", "trainable params"),
+    ("predict_examples_per_second", "predict ex/s"),
+    ("artifact_mb", "artifact MB"),
+    ("peak_rss_mb", "peak RSS MB"),
+    ("queries_per_second", "queries/s"),
+]
 
 
 def _fmt(value: Any) -> str:
@@ -33,9 +38,17 @@ def _fmt(value: Any) -> str:
 class Report:
     """Results of an evaluation or comparison. ``save(dir)`` writes every format at once."""
 
-    def __init__(self, kind: str, results: list[AdapterResult], comparisons: list[Comparison],
-                 reproducibility: dict[str, Any], alpha: float, labels: list[str] | None = None,
-                 title: str = "promptkit evaluation", notes: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        results: list[AdapterResult],
+        comparisons: list[Comparison],
+        reproducibility: dict[str, Any],
+        alpha: float,
+        labels: list[str] | None = None,
+        title: str = "promptkit evaluation",
+        notes: list[str] | None = None,
+    ) -> None:
         self.kind, self.results, self.comparisons = kind, results, comparisons
         self.reproducibility, self.alpha, self.labels = reproducibility, alpha, labels or []
         self.title, self.notes = title, list(notes or [])
@@ -55,12 +68,21 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "title": self.title, "kind": self.kind, "alpha": self.alpha, "labels": self.labels,
+            "title": self.title,
+            "kind": self.kind,
+            "alpha": self.alpha,
+            "labels": self.labels,
             "notes": self.notes,
-            "results": {r.name: {"metrics": {k: v.to_dict() for k, v in r.metrics.items()},
-                                 "costs": r.costs, "per_class": r.per_class,
-                                 "confusion": r.confusion, "config": r.config}
-                        for r in self.results},
+            "results": {
+                r.name: {
+                    "metrics": {k: v.to_dict() for k, v in r.metrics.items()},
+                    "costs": r.costs,
+                    "per_class": r.per_class,
+                    "confusion": r.confusion,
+                    "config": r.config,
+                }
+                for r in self.results
+            },
             "comparisons": [c.to_dict() for c in self.comparisons],
             "reproducibility": self.reproducibility,
         }
@@ -73,21 +95,27 @@ class Report:
             row = [result.name]
             for name in self.metric_names:
                 interval = result.metrics.get(name)
-                row.append("–" if interval is None else
-                           f"{interval.value:.3f} [{interval.low:.3f}, {interval.high:.3f}]")
+                row.append(
+                    "–"
+                    if interval is None
+                    else f"{interval.value:.3f} [{interval.low:.3f}, {interval.high:.3f}]"
+                )
             rows.append(row)
         return rows
 
     def cost_columns(self) -> list[tuple[str, str]]:
-        return [(k, label) for k, label in COST_COLUMNS
-                if any(r.costs.get(k) is not None for r in self.results)]
+        return [
+            (k, label)
+            for k, label in COST_COLUMNS
+            if any(r.costs.get(k) is not None for r in self.results)
+        ]
 
     def table(self) -> str:
         """The comparison as a terminal table (rich), with intervals and significance."""
         from rich.console import Console
         from rich.table import Table
 
-        level = int(round((1 - self.alpha) * 100))
+        level = round((1 - self.alpha) * 100)
         table = Table(title=f"{self.title} — {level}% bootstrap intervals")
         for column in ["adapter", *self.metric_names]:
             table.add_column(column, overflow="fold")
@@ -109,36 +137,67 @@ class Report:
             for column in ["a", "b", "metric", "a - b", "p", "test", "significant"]:
                 sig.add_column(column)
             for c in self.comparisons:
-                sig.add_row(c.a, c.b, c.metric, f"{c.difference:+.3f}", f"{c.p_value:.3g}",
-                            c.test, "yes" if c.significant else "no")
+                sig.add_row(
+                    c.a,
+                    c.b,
+                    c.metric,
+                    f"{c.difference:+.3f}",
+                    f"{c.p_value:.3g}",
+                    c.test,
+                    "yes" if c.significant else "no",
+                )
             console.print(sig)
         for note in self.notes:
             console.print(note)
         return buffer.getvalue()
 
     def markdown(self) -> str:
-        level = int(round((1 - self.alpha) * 100))
+        level = round((1 - self.alpha) * 100)
         lines = [f"# {self.title}", ""]
         lines += [f"> {note}" for note in self.notes] + ([""] if self.notes else [])
-        lines += [f"Metrics with {level}% bootstrap confidence intervals "
-                  f"({self.reproducibility.get('resamples')} resamples).", ""]
+        lines += [
+            f"Metrics with {level}% bootstrap confidence intervals "
+            f"({self.reproducibility.get('resamples')} resamples).",
+            "",
+        ]
         header = ["adapter", *self.metric_names]
         lines += ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
         lines += ["| " + " | ".join(row) + " |" for row in self.metric_rows()]
         costs = self.cost_columns()
         if costs:
-            lines += ["", "## Costs", "", "| adapter | " + " | ".join(c for _, c in costs) + " |",
-                      "|" + " --- |" * (len(costs) + 1)]
-            lines += ["| " + " | ".join([r.name, *[_fmt(r.costs.get(k)) for k, _ in costs]]) + " |"
-                      for r in self.results]
+            lines += [
+                "",
+                "## Costs",
+                "",
+                "| adapter | " + " | ".join(c for _, c in costs) + " |",
+                "|" + " --- |" * (len(costs) + 1),
+            ]
+            lines += [
+                "| " + " | ".join([r.name, *[_fmt(r.costs.get(k)) for k, _ in costs]]) + " |"
+                for r in self.results
+            ]
         if self.comparisons:
-            lines += ["", f"## Paired tests (alpha {self.alpha}, uncorrected)", "",
-                      "| a | b | metric | a − b | p | test | significant |",
-                      "| --- | --- | --- | --- | --- | --- | --- |"]
-            lines += [f"| {c.a} | {c.b} | {c.metric} | {c.difference:+.3f} | {c.p_value:.3g} | "
-                      f"{c.test} | {'yes' if c.significant else 'no'} |" for c in self.comparisons]
-        lines += ["", "## Reproducibility", "", "```json",
-                  json.dumps(self.reproducibility, indent=2, default=str), "```", ""]
+            lines += [
+                "",
+                f"## Paired tests (alpha {self.alpha}, uncorrected)",
+                "",
+                "| a | b | metric | a − b | p | test | significant |",
+                "| --- | --- | --- | --- | --- | --- | --- |",
+            ]
+            lines += [
+                f"| {c.a} | {c.b} | {c.metric} | {c.difference:+.3f} | {c.p_value:.3g} | "
+                f"{c.test} | {'yes' if c.significant else 'no'} |"
+                for c in self.comparisons
+            ]
+        lines += [
+            "",
+            "## Reproducibility",
+            "",
+            "```json",
+            json.dumps(self.reproducibility, indent=2, default=str),
+            "```",
+            "",
+        ]
         return "\n".join(lines)
 
     # ---- HTML ---------------------------------------------------------------------------------
@@ -159,43 +218,62 @@ class Report:
             width = 0.8 / len(names)
             for i, result in enumerate(self.results):
                 values = [result.metrics[m].value if m in result.metrics else np.nan for m in shown]
-                lows = [result.metrics[m].value - result.metrics[m].low if m in result.metrics
-                        else 0 for m in shown]
-                highs = [result.metrics[m].high - result.metrics[m].value if m in result.metrics
-                         else 0 for m in shown]
-                ax.bar(np.arange(len(shown)) + i * width, values, width, label=result.name,
-                       yerr=[lows, highs], capsize=3)
+                lows = [
+                    result.metrics[m].value - result.metrics[m].low if m in result.metrics else 0
+                    for m in shown
+                ]
+                highs = [
+                    result.metrics[m].high - result.metrics[m].value if m in result.metrics else 0
+                    for m in shown
+                ]
+                ax.bar(
+                    np.arange(len(shown)) + i * width,
+                    values,
+                    width,
+                    label=result.name,
+                    yerr=[lows, highs],
+                    capsize=3,
+                )
             ax.set_xticks(np.arange(len(shown)) + width * (len(names) - 1) / 2, shown)
             ax.set_ylim(0, 1.05)
             ax.set_ylabel("value")
             ax.legend(fontsize=8, ncols=min(4, len(names)))
-            ax.set_title(f"Metrics with {int(round((1 - self.alpha) * 100))}% intervals")
+            ax.set_title(f"Metrics with {round((1 - self.alpha) * 100)}% intervals")
             plots.append(("Metrics with confidence intervals", _png(fig)))
         for result in self.results:
             if result.confusion is None:
                 continue
             matrix = np.array(result.confusion)
-            fig, ax = plt.subplots(figsize=(3.2 + 0.3 * len(self.labels),
-                                            2.8 + 0.3 * len(self.labels)))
+            fig, ax = plt.subplots(
+                figsize=(3.2 + 0.3 * len(self.labels), 2.8 + 0.3 * len(self.labels))
+            )
             ax.imshow(matrix, cmap="Blues")
             ax.set_xticks(range(len(self.labels)), self.labels, rotation=45, ha="right")
             ax.set_yticks(range(len(self.labels)), self.labels)
             ax.set_xlabel("predicted")
             ax.set_ylabel("true")
             for (i, j), value in np.ndenumerate(matrix):
-                ax.text(j, i, str(value), ha="center", va="center",
-                        color="white" if value > matrix.max() / 2 else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(value),
+                    ha="center",
+                    va="center",
+                    color="white" if value > matrix.max() / 2 else "black",
+                )
             ax.set_title(f"Confusion: {result.name}")
             plots.append((f"Confusion matrix — {result.name}", _png(fig)))
         if any(r.per_class for r in self.results):
             fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(self.labels) * len(names) / 2), 3.5))
             width = 0.8 / len(names)
             for i, result in enumerate(self.results):
-                ax.bar(np.arange(len(self.labels)) + i * width,
-                       [result.per_class.get(label, {}).get("f1", 0) for label in self.labels],
-                       width, label=result.name)
-            ax.set_xticks(np.arange(len(self.labels)) + width * (len(names) - 1) / 2,
-                          self.labels)
+                ax.bar(
+                    np.arange(len(self.labels)) + i * width,
+                    [result.per_class.get(label, {}).get("f1", 0) for label in self.labels],
+                    width,
+                    label=result.name,
+                )
+            ax.set_xticks(np.arange(len(self.labels)) + width * (len(names) - 1) / 2, self.labels)
             ax.set_ylim(0, 1.05)
             ax.set_title("F1 per class")
             ax.legend(fontsize=8, ncols=min(4, len(names)))
@@ -204,12 +282,13 @@ class Report:
 
     def html(self) -> str:
         esc = html.escape
-        level = int(round((1 - self.alpha) * 100))
+        level = round((1 - self.alpha) * 100)
 
         def table(header: list[str], rows: list[list[str]]) -> str:
             head = "".join(f"<th>{esc(h)}</th>" for h in header)
-            body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>"
-                           for row in rows)
+            body = "".join(
+                "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows
+            )
             return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
         parts = [f"<h1>{esc(self.title)}</h1>"]
@@ -219,41 +298,71 @@ class Report:
         costs = self.cost_columns()
         if costs:
             parts.append("<h2>Costs</h2>")
-            parts.append(table(["adapter", *[c for _, c in costs]],
-                               [[r.name, *[_fmt(r.costs.get(k)) for k, _ in costs]]
-                                for r in self.results]))
+            parts.append(
+                table(
+                    ["adapter", *[c for _, c in costs]],
+                    [[r.name, *[_fmt(r.costs.get(k)) for k, _ in costs]] for r in self.results],
+                )
+            )
         if self.comparisons:
             parts.append(f"<h2>Paired tests (alpha {self.alpha}, uncorrected)</h2>")
-            parts.append(table(["a", "b", "metric", "a − b", "p", "test", "significant"],
-                               [[c.a, c.b, c.metric, f"{c.difference:+.3f}", f"{c.p_value:.3g}",
-                                 c.test, "yes" if c.significant else "no"]
-                                for c in self.comparisons]))
+            parts.append(
+                table(
+                    ["a", "b", "metric", "a − b", "p", "test", "significant"],
+                    [
+                        [
+                            c.a,
+                            c.b,
+                            c.metric,
+                            f"{c.difference:+.3f}",
+                            f"{c.p_value:.3g}",
+                            c.test,
+                            "yes" if c.significant else "no",
+                        ]
+                        for c in self.comparisons
+                    ],
+                )
+            )
         for caption, image in self._plots():
-            parts.append(f"<figure><img alt='{esc(caption)}' src='data:image/png;base64,{image}'>"
-                         f"<figcaption>{esc(caption)}</figcaption></figure>")
-        parts.append("<h2>Reproducibility</h2><pre>"
-                     + esc(json.dumps(self.reproducibility, indent=2, default=str)) + "</pre>")
-        style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;"
-                 "padding:0 1em;color:#222}table{border-collapse:collapse;margin:1em 0;"
-                 "font-size:14px}th,td{border:1px solid #ccc;padding:4px 8px;text-align:left}"
-                 "th{background:#f3f3f3}figure{display:inline-block;margin:1em}"
-                 "img{max-width:100%}pre{background:#f6f6f6;padding:1em;overflow:auto;"
-                 "font-size:12px}.note{background:#fff8e0;padding:.5em 1em}")
-        return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{esc(self.title)}"
-                f"</title><style>{style}</style></head><body>{''.join(parts)}</body></html>")
+            parts.append(
+                f"<figure><img alt='{esc(caption)}' src='data:image/png;base64,{image}'>"
+                f"<figcaption>{esc(caption)}</figcaption></figure>"
+            )
+        parts.append(
+            "<h2>Reproducibility</h2><pre>"
+            + esc(json.dumps(self.reproducibility, indent=2, default=str))
+            + "</pre>"
+        )
+        style = (
+            "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;"
+            "padding:0 1em;color:#222}table{border-collapse:collapse;margin:1em 0;"
+            "font-size:14px}th,td{border:1px solid #ccc;padding:4px 8px;text-align:left}"
+            "th{background:#f3f3f3}figure{display:inline-block;margin:1em}"
+            "img{max-width:100%}pre{background:#f6f6f6;padding:1em;overflow:auto;"
+            "font-size:12px}.note{background:#fff8e0;padding:.5em 1em}"
+        )
+        return (
+            f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{esc(self.title)}"
+            f"</title><style>{style}</style></head><body>{''.join(parts)}</body></html>"
+        )
 
     # ---- saving -------------------------------------------------------------------------------
 
     def save(self, path: str | Path) -> Path:
         """Write report.json, report.md, report.html and predictions.jsonl (atomically)."""
-        with write_artifact(path, kind="report", config={"title": self.title},
-                            meta={"adapters": [r.name for r in self.results]}) as staging:
-            (staging / "report.json").write_text(json.dumps(self.to_dict(), indent=2,
-                                                            default=str))
+        with write_artifact(
+            path,
+            kind="report",
+            config={"title": self.title},
+            meta={"adapters": [r.name for r in self.results]},
+        ) as staging:
+            (staging / "report.json").write_text(json.dumps(self.to_dict(), indent=2, default=str))
             (staging / "report.md").write_text(self.markdown(), encoding="utf-8")
             (staging / "report.html").write_text(self.html(), encoding="utf-8")
-            write_jsonl(staging / "predictions.jsonl",
-                        ({"adapter": r.name, **row} for r in self.results for row in r.predictions))
+            write_jsonl(
+                staging / "predictions.jsonl",
+                ({"adapter": r.name, **row} for r in self.results for row in r.predictions),
+            )
         return Path(path)
 
 

@@ -51,8 +51,14 @@ def resampled(spec: MetricSpec, batch: Any, weights: np.ndarray) -> np.ndarray:
     return spec.reduce(sums, weights.sum(1), batch)
 
 
-def bootstrap(specs: list[MetricSpec], batch: Any, n: int, resamples: int = 1000,
-              alpha: float = 0.05, seed: int = 0) -> dict[str, Interval]:
+def bootstrap(
+    specs: list[MetricSpec],
+    batch: Any,
+    n: int,
+    resamples: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> dict[str, Interval]:
     """Percentile bootstrap intervals for several metrics on the same resamples."""
     draws: dict[str, list[np.ndarray]] = {s.name: [] for s in specs}
     for weights in weight_blocks(n, resamples, seed):
@@ -81,8 +87,9 @@ def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, flo
     return {"a_only": b, "b_only": c, "p_value": p}
 
 
-def paired_permutation(a: np.ndarray, b: np.ndarray, resamples: int = 10_000,
-                       seed: int = 0) -> float:
+def paired_permutation(
+    a: np.ndarray, b: np.ndarray, resamples: int = 10_000, seed: int = 0
+) -> float:
     """Two-sided paired permutation test of mean(a - b) = 0 by random sign flips.
 
     Exact (all 2^n sign patterns) when that is no more than ``resamples``; the p-value follows
@@ -93,8 +100,8 @@ def paired_permutation(a: np.ndarray, b: np.ndarray, resamples: int = 10_000,
     observed = diff.mean() if n else 0.0
     if n == 0 or np.all(diff == 0):
         return 1.0
-    if 2 ** n <= resamples:
-        patterns = ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1) * 2 - 1
+    if 2**n <= resamples:
+        patterns = ((np.arange(2**n)[:, None] >> np.arange(n)) & 1) * 2 - 1
         null = (patterns * diff).mean(1)
         adjust = 0
     else:
@@ -104,7 +111,7 @@ def paired_permutation(a: np.ndarray, b: np.ndarray, resamples: int = 10_000,
         for start in range(0, resamples, block):
             size = min(block, resamples - start)
             signs = rng.integers(0, 2, size=(size, n)) * 2 - 1
-            null[start: start + size] = (signs * diff).mean(1)
+            null[start : start + size] = (signs * diff).mean(1)
         adjust = 1
     gamma = np.abs(observed) * 1e-14 + 1e-300
     less = ((null <= observed + gamma).sum() + adjust) / (len(null) + adjust)
@@ -112,13 +119,16 @@ def paired_permutation(a: np.ndarray, b: np.ndarray, resamples: int = 10_000,
     return float(min(1.0, 2 * min(less, greater)))
 
 
-def paired_bootstrap(spec: MetricSpec, batch_a: Any, batch_b: Any, n: int,
-                     resamples: int = 1000, seed: int = 0) -> float:
+def paired_bootstrap(
+    spec: MetricSpec, batch_a: Any, batch_b: Any, n: int, resamples: int = 1000, seed: int = 0
+) -> float:
     """Two-sided p-value that metric(a) - metric(b) = 0, from the same resamples for both."""
     diffs = []
     for weights in weight_blocks(n, resamples, seed):
-        diffs.append(np.atleast_1d(resampled(spec, batch_a, weights))
-                     - np.atleast_1d(resampled(spec, batch_b, weights)))
+        diffs.append(
+            np.atleast_1d(resampled(spec, batch_a, weights))
+            - np.atleast_1d(resampled(spec, batch_b, weights))
+        )
     values = np.concatenate(diffs)
     values = values[np.isfinite(values)]
     if len(values) == 0:

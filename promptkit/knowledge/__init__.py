@@ -4,5 +4,14 @@ from promptkit.knowledge.base import Hit, KnowledgeBase, UpdateStats
 from promptkit.knowledge.chunking import Chunk, ChunkingConfig, chunk_text
 from promptkit.knowledge.loaders import Document, loaders, scan_folder
 
-__all__ = ["Chunk", "ChunkingConfig", "Document", "Hit", "KnowledgeBase", "UpdateStats",
-           "chunk_text", "loaders", "scan_folder"]
+__all__ = [
+    "Chunk",
+    "ChunkingConfig",
+    "Document",
+    "Hit",
+    "KnowledgeBase",
+    "UpdateStats",
+    "chunk_text",
+    "loaders",
+    "scan_folder",
+]

@@ -47,8 +47,14 @@ class Hit:
     id: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "text": self.text, "score": self.score, "source": self.source,
-                "span": list(self.span), "metadata": self.metadata}
+        return {
+            "id": self.id,
+            "text": self.text,
+            "score": self.score,
+            "source": self.source,
+            "span": list(self.span),
+            "metadata": self.metadata,
+        }
 
 
 @dataclass
@@ -64,17 +70,25 @@ class UpdateStats:
 class KnowledgeBase:
     """A searchable collection of chunks. Build one with :meth:`build`, reopen with :meth:`load`."""
 
-    def __init__(self, embedder: str = "minilm", index: str = "auto",
-                 index_params: dict[str, Any] | None = None,
-                 chunking: ChunkingConfig | Mapping[str, Any] | None = None,
-                 source: str | Path | None = None, strict: bool = False) -> None:
+    def __init__(
+        self,
+        embedder: str = "minilm",
+        index: str = "auto",
+        index_params: dict[str, Any] | None = None,
+        chunking: ChunkingConfig | Mapping[str, Any] | None = None,
+        source: str | Path | None = None,
+        strict: bool = False,
+    ) -> None:
         if index != "auto" and index not in index_types:
             raise KnowledgeBaseError(index_types.unknown_message(index))
         self.embedder_name = embedder
         self.index_type = index
         self.index_params = dict(index_params or {})
-        self.chunking = chunking if isinstance(chunking, ChunkingConfig) else validate(
-            ChunkingConfig, dict(chunking or {}), "chunking settings")
+        self.chunking = (
+            chunking
+            if isinstance(chunking, ChunkingConfig)
+            else validate(ChunkingConfig, dict(chunking or {}), "chunking settings")
+        )
         self.source = str(Path(source).resolve()) if source else None
         self.strict = strict
         self.path: Path | None = None
@@ -91,10 +105,16 @@ class KnowledgeBase:
     # ---- construction -------------------------------------------------------------------------
 
     @classmethod
-    def build(cls, source: str | Path | Iterable[Any], embedder: str = "minilm",
-              index: str = "auto", chunking: ChunkingConfig | Mapping[str, Any] | None = None,
-              index_params: dict[str, Any] | None = None, strict: bool = False,
-              path: str | Path | None = None) -> KnowledgeBase:
+    def build(
+        cls,
+        source: str | Path | Iterable[Any],
+        embedder: str = "minilm",
+        index: str = "auto",
+        chunking: ChunkingConfig | Mapping[str, Any] | None = None,
+        index_params: dict[str, Any] | None = None,
+        strict: bool = False,
+        path: str | Path | None = None,
+    ) -> KnowledgeBase:
         """Index a folder (or an iterable of records/strings). With ``path``, also save there."""
         folder = source if isinstance(source, (str, Path)) else None
         kb = cls(embedder, index, index_params, chunking, folder, strict)
@@ -109,7 +129,7 @@ class KnowledgeBase:
 
     @classmethod
     def load(cls, path: str | Path, embedder: str | None = None) -> KnowledgeBase:
-        """Open a saved knowledge base; ``embedder``, if given, must match the one it was built with."""
+        """Open a saved knowledge base; ``embedder``, if given, must match the one it used."""
         root = Path(path)
         manifest = read_manifest(root, kind=KIND)
         config, meta = manifest["config"], manifest["meta"]
@@ -119,8 +139,14 @@ class KnowledgeBase:
                 f"({meta.get('dimension')} dimensions); it cannot be queried with {embedder!r}. "
                 "Rebuild it with the new embedder, or load it without embedder=."
             )
-        kb = cls(config["embedder"], config["index"], config.get("index_params"),
-                 config.get("chunking"), None, config.get("strict", False))
+        kb = cls(
+            config["embedder"],
+            config["index"],
+            config.get("index_params"),
+            config.get("chunking"),
+            None,
+            config.get("strict", False),
+        )
         kb.source = config.get("source")
         kb._read(root, manifest)
         kb.path = root
@@ -179,9 +205,19 @@ class KnowledgeBase:
         vectors = embedder.encode([text for _, text in missing])
         cached.update({h: v for (h, _), v in zip(missing, vectors, strict=True)})
         next_id = self.store.next_id()
-        rows = [(next_id + i, source, chunk.text, chunk.start, chunk.end, digest,
-                 chunk.metadata, cached[digest])
-                for i, (source, chunk, digest) in enumerate(pending)]
+        rows = [
+            (
+                next_id + i,
+                source,
+                chunk.text,
+                chunk.start,
+                chunk.end,
+                digest,
+                chunk.metadata,
+                cached[digest],
+            )
+            for i, (source, chunk, digest) in enumerate(pending)
+        ]
         self.store.add_chunks(rows)
         for doc in documents:
             self.store.put_document(doc.source, doc.content_hash, doc.metadata)
@@ -196,8 +232,9 @@ class KnowledgeBase:
         if self.source is None:
             raise KnowledgeBaseError("This knowledge base was not built from a folder.")
         documents, _ = scan_folder(Path(self.source), strict=self.strict)
-        known = {s: h for s, h in self.store.document_hashes().items()
-                 if not s.startswith("record:")}
+        known = {
+            s: h for s, h in self.store.document_hashes().items() if not s.startswith("record:")
+        }
         stats = UpdateStats()
         fresh = {d.source: d for d in documents}
         changed = [d for d in documents if known.get(d.source) != d.content_hash]
@@ -218,7 +255,8 @@ class KnowledgeBase:
                 record = {"text": record}
             if not isinstance(record, Mapping) or not isinstance(record.get("text"), str):
                 raise KnowledgeBaseError(
-                    f"Record {number} must be a string or a dict with a 'text' string.")
+                    f"Record {number} must be a string or a dict with a 'text' string."
+                )
             meta = {k: v for k, v in record.items() if k not in ("text", "source")}
             doc = Document(record["text"], "", meta)
             doc.source = str(record.get("source") or f"record:{doc.content_hash[:16]}")
@@ -242,12 +280,12 @@ class KnowledgeBase:
 
     def update(self) -> UpdateStats:
         """Re-scan the source folder: embed new and changed files, drop deleted ones."""
-        return self._transaction(self._sync_folder)  # type: ignore[no-any-return]
+        return self._transaction(self._sync_folder)
 
     def add(self, records: Iterable[Any]) -> int:
         """Add records (strings, or dicts with ``text`` plus metadata). Returns chunks embedded."""
         items = list(records)
-        return self._transaction(lambda: self._add_records(items))  # type: ignore[no-any-return]
+        return self._transaction(lambda: self._add_records(items))
 
     def delete(self, sources: Iterable[str] = (), where: dict[str, Any] | None = None) -> int:
         """Remove documents by source path, and/or chunks whose metadata match ``where``."""
@@ -260,7 +298,7 @@ class KnowledgeBase:
             self._invalidate()
             return removed
 
-        return self._transaction(change)  # type: ignore[no-any-return]
+        return self._transaction(change)
 
     def save(self, path: str | Path | None = None) -> Path:
         """Write the knowledge base as an artifact directory (atomically, under a file lock)."""
@@ -279,12 +317,23 @@ class KnowledgeBase:
         import faiss
 
         index = self._ensure_index()
-        config = {"embedder": self.embedder_name, "index": self.index_type,
-                  "index_params": self.index_params, "chunking": self.chunking.model_dump(),
-                  "source": self.source, "strict": self.strict}
-        meta = {"dimension": self.dimension, "normalized": True, "metric": "inner_product",
-                "index_type": self.resolved_index_type, "chunks": self.store.count(),
-                "documents": self.store.document_count(), "recall_at_10": self.recall_at_10}
+        config = {
+            "embedder": self.embedder_name,
+            "index": self.index_type,
+            "index_params": self.index_params,
+            "chunking": self.chunking.model_dump(),
+            "source": self.source,
+            "strict": self.strict,
+        }
+        meta = {
+            "dimension": self.dimension,
+            "normalized": True,
+            "metric": "inner_product",
+            "index_type": self.resolved_index_type,
+            "chunks": self.store.count(),
+            "documents": self.store.document_count(),
+            "recall_at_10": self.recall_at_10,
+        }
         with write_artifact(target, kind=KIND, config=config, meta=meta) as staging:
             self.store.save(staging / "docstore.sqlite")
             if index is not None:
@@ -309,15 +358,22 @@ class KnowledgeBase:
             return None
         kind = self.resolved_index_type
         self.dimension = vectors.shape[1]
-        self._index = build_index(kind, vectors, ids, {**self.index_params,
-                                                       "dimension": self.dimension})
+        self._index = build_index(
+            kind, vectors, ids, {**self.index_params, "dimension": self.dimension}
+        )
         self.recall_at_10 = 1.0 if kind == "flat" else measure_recall(self._index, vectors)
         return self._index
 
     # ---- search -------------------------------------------------------------------------------
 
-    def search(self, query: str, k: int = 10, filter: dict[str, Any] | None = None,
-               hybrid: bool = False, rerank: bool | str = False) -> list[Hit]:
+    def search(
+        self,
+        query: str,
+        k: int = 10,
+        filter: dict[str, Any] | None = None,
+        hybrid: bool = False,
+        rerank: bool | str = False,
+    ) -> list[Hit]:
         """The ``k`` chunks most similar to ``query``.
 
         ``filter`` is applied before the vector search (FAISS ID selectors), so a selective
@@ -326,8 +382,14 @@ class KnowledgeBase:
         """
         return self.search_many([query], k, filter, hybrid, rerank)[0]
 
-    def search_many(self, queries: list[str], k: int = 10, filter: dict[str, Any] | None = None,
-                    hybrid: bool = False, rerank: bool | str = False) -> list[list[Hit]]:
+    def search_many(
+        self,
+        queries: list[str],
+        k: int = 10,
+        filter: dict[str, Any] | None = None,
+        hybrid: bool = False,
+        rerank: bool | str = False,
+    ) -> list[list[Hit]]:
         if k < 1:
             raise KnowledgeBaseError(f"k must be at least 1, got {k}.")
         if not all(isinstance(q, str) for q in queries):
@@ -346,16 +408,26 @@ class KnowledgeBase:
             if hybrid:
                 ranked = _fuse([ranked, self._sparse(query, depth, allowed)])
             chunks = self.store.fetch(i for i, _ in ranked)
-            hits = [Hit(chunks[i]["text"], float(s), chunks[i]["source"], chunks[i]["span"],
-                        chunks[i]["metadata"], i) for i, s in ranked if i in chunks]
+            hits = [
+                Hit(
+                    chunks[i]["text"],
+                    float(s),
+                    chunks[i]["source"],
+                    chunks[i]["span"],
+                    chunks[i]["metadata"],
+                    i,
+                )
+                for i, s in ranked
+                if i in chunks
+            ]
             if rerank:
                 hits = self._rerank(query, hits, rerank)
             results.append(hits[:k])
         return results
 
-    def _dense(self, vectors: np.ndarray, k: int, allowed: list[int] | None
-               ) -> list[list[tuple[int, float]]]:
-        import faiss
+    def _dense(
+        self, vectors: np.ndarray, k: int, allowed: list[int] | None
+    ) -> list[list[tuple[int, float]]]:
 
         index = self._ensure_index()
         if vectors.shape[1] != index.d:
@@ -369,21 +441,25 @@ class KnowledgeBase:
             # an approximate index may find fewer than k (few probed lists, duplicate vectors):
             # answer those queries exactly rather than return short lists
             short = np.where((ids < 0).any(1))[0]
-            exact_scores, exact_ids = self._search_index(self._exact_index(), vectors[short], k,
-                                                         allowed)
+            exact_scores, exact_ids = self._search_index(
+                self._exact_index(), vectors[short], k, allowed
+            )
             scores[short], ids[short] = exact_scores, exact_ids
-        return [[(int(i), float(s)) for i, s in zip(row_ids, row_scores, strict=True) if i >= 0]
-                for row_ids, row_scores in zip(ids, scores, strict=True)]
+        return [
+            [(int(i), float(s)) for i, s in zip(row_ids, row_scores, strict=True) if i >= 0]
+            for row_ids, row_scores in zip(ids, scores, strict=True)
+        ]
 
     @staticmethod
-    def _search_index(index: Any, vectors: np.ndarray, k: int, allowed: list[int] | None
-                      ) -> tuple[np.ndarray, np.ndarray]:
+    def _search_index(
+        index: Any, vectors: np.ndarray, k: int, allowed: list[int] | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         import faiss
 
         if allowed is None:
-            return index.search(vectors, k)  # type: ignore[no-any-return]
+            return index.search(vectors, k)
         selector = faiss.IDSelectorBatch(np.asarray(allowed, dtype=np.int64))
-        return index.search(vectors, k, params=search_params(index, selector))  # type: ignore[no-any-return]
+        return index.search(vectors, k, params=search_params(index, selector))
 
     def _exact_index(self) -> Any:
         if self._exact is None:
@@ -397,8 +473,9 @@ class KnowledgeBase:
         if self._bm25 is None:
             ids, texts = self.store.all_texts()
             retriever = bm25s.BM25()
-            retriever.index(bm25s.tokenize(texts, stopwords="en", show_progress=False),
-                            show_progress=False)
+            retriever.index(
+                bm25s.tokenize(texts, stopwords="en", show_progress=False), show_progress=False
+            )
             self._bm25 = (retriever, ids)
         retriever, ids = self._bm25
         tokens = bm25s.tokenize([query], stopwords="en", return_ids=False, show_progress=False)[0]
@@ -421,8 +498,7 @@ class KnowledgeBase:
             self._reranker = (name, CrossEncoder(models.resolve(name), num_labels=1))
         if not hits:
             return hits
-        scores = self._reranker[1].predict([(query, h.text) for h in hits],
-                                           show_progress_bar=False)
+        scores = self._reranker[1].predict([(query, h.text) for h in hits], show_progress_bar=False)
         for hit, score in zip(hits, scores, strict=True):
             hit.score = float(score)
         return sorted(hits, key=lambda h: -h.score)
@@ -430,11 +506,17 @@ class KnowledgeBase:
     # ---- information --------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        return {"documents": self.store.document_count(), "chunks": self.store.count(),
-                "embedder": self.embedder_name, "dimension": self.dimension,
-                "index": self.resolved_index_type, "recall_at_10": self.recall_at_10,
-                "source": self.source, "path": str(self.path) if self.path else None,
-                "exact_below": EXACT_BELOW}
+        return {
+            "documents": self.store.document_count(),
+            "chunks": self.store.count(),
+            "embedder": self.embedder_name,
+            "dimension": self.dimension,
+            "index": self.resolved_index_type,
+            "recall_at_10": self.recall_at_10,
+            "source": self.source,
+            "path": str(self.path) if self.path else None,
+            "exact_below": EXACT_BELOW,
+        }
 
     def __len__(self) -> int:
         return self.store.count()

@@ -53,16 +53,26 @@ def _trim(text: str, start: int, end: int) -> tuple[int, int]:
     return start, end
 
 
-def chunk_text(text: str, count_tokens: Callable[[str], int], config: ChunkingConfig,
-               metadata: dict[str, Any] | None = None) -> list[Chunk]:
+def chunk_text(
+    text: str,
+    count_tokens: Callable[[str], int],
+    config: ChunkingConfig,
+    metadata: dict[str, Any] | None = None,
+) -> list[Chunk]:
     """Split ``text`` into chunks of at most ``config.max_tokens`` tokens."""
     limit, overlap = config.max_tokens, min(config.overlap, config.max_tokens // 2)
     sections = _sections(text)
     chunks: list[Chunk] = []
     for sec_start, sec_end, heading in sections:
         units = _units(text, sec_start, sec_end, count_tokens, limit)
-        chunks += _pack(text, units, count_tokens, limit, overlap,
-                        {**(metadata or {}), **({"heading": heading} if heading else {})})
+        chunks += _pack(
+            text,
+            units,
+            count_tokens,
+            limit,
+            overlap,
+            {**(metadata or {}), **({"heading": heading} if heading else {})},
+        )
     return chunks
 
 
@@ -70,7 +80,7 @@ def _sections(text: str) -> list[tuple[int, int, str | None]]:
     """(start, end, heading) for each heading-led section, plus any text before the first."""
     marks = [(m.start(), m.group(2)) for m in HEADING.finditer(text)]
     if not marks or marks[0][0] > 0:
-        marks.insert(0, (0, None))  # type: ignore[arg-type]
+        marks.insert(0, (0, None))
     out = []
     for i, (start, heading) in enumerate(marks):
         end = marks[i + 1][0] if i + 1 < len(marks) else len(text)
@@ -79,8 +89,9 @@ def _sections(text: str) -> list[tuple[int, int, str | None]]:
     return out
 
 
-def _units(text: str, start: int, end: int, count: Callable[[str], int],
-           limit: int) -> list[tuple[int, int, int]]:
+def _units(
+    text: str, start: int, end: int, count: Callable[[str], int], limit: int
+) -> list[tuple[int, int, int]]:
     """Paragraphs, or sentences of long paragraphs, or word windows of long sentences."""
     units = []
     for p_start, p_end in _pieces(text, start, end, PARAGRAPH_BREAK):
@@ -97,8 +108,9 @@ def _units(text: str, start: int, end: int, count: Callable[[str], int],
     return units
 
 
-def _word_windows(text: str, start: int, end: int, count: Callable[[str], int],
-                  limit: int) -> list[tuple[int, int, int]]:
+def _word_windows(
+    text: str, start: int, end: int, count: Callable[[str], int], limit: int
+) -> list[tuple[int, int, int]]:
     words = [(m.start(), m.end()) for m in WORD.finditer(text, start, end)]
     out, i = [], 0
     while i < len(words):
@@ -106,7 +118,7 @@ def _word_windows(text: str, start: int, end: int, count: Callable[[str], int],
         best = i + 1
         while low <= high:  # the longest run of words from i that fits
             mid = (low + high) // 2
-            if count(text[words[i][0]: words[mid - 1][1]]) <= limit:
+            if count(text[words[i][0] : words[mid - 1][1]]) <= limit:
                 best, low = mid, mid + 1
             else:
                 high = mid - 1
@@ -123,8 +135,14 @@ def _word_windows(text: str, start: int, end: int, count: Callable[[str], int],
     return out
 
 
-def _pack(text: str, units: list[tuple[int, int, int]], count: Callable[[str], int], limit: int,
-          overlap: int, metadata: dict[str, Any]) -> list[Chunk]:
+def _pack(
+    text: str,
+    units: list[tuple[int, int, int]],
+    count: Callable[[str], int],
+    limit: int,
+    overlap: int,
+    metadata: dict[str, Any],
+) -> list[Chunk]:
     chunks: list[Chunk] = []
     current: list[tuple[int, int, int]] = []
 
@@ -134,7 +152,7 @@ def _pack(text: str, units: list[tuple[int, int, int]], count: Callable[[str], i
 
     for unit in units:
         candidate = [*current, unit]
-        if current and count(text[candidate[0][0]: unit[1]]) > limit:
+        if current and count(text[candidate[0][0] : unit[1]]) > limit:
             emit()
             carried: list[tuple[int, int, int]] = []
             total = 0
@@ -143,7 +161,7 @@ def _pack(text: str, units: list[tuple[int, int, int]], count: Callable[[str], i
                     break
                 carried.insert(0, previous)
                 total += previous[2]
-            current = carried if count(text[(carried or [unit])[0][0]: unit[1]]) <= limit else []
+            current = carried if count(text[(carried or [unit])[0][0] : unit[1]]) <= limit else []
             current.append(unit)
         else:
             current = candidate

@@ -12,8 +12,13 @@ from promptkit import models
 class Embedder:
     """A sentence-transformers model by alias, id or path; ``calls`` counts encoded texts."""
 
-    def __init__(self, name: str = "minilm", batch_size: int = 64, device: str | None = None,
-                 show_progress: bool = True) -> None:
+    def __init__(
+        self,
+        name: str = "minilm",
+        batch_size: int = 64,
+        device: str | None = None,
+        show_progress: bool = True,
+    ) -> None:
         from sentence_transformers import SentenceTransformer
 
         self.name = name
@@ -39,9 +44,13 @@ class Embedder:
             return np.zeros((0, self.dimension), dtype=np.float32)
         self.texts_encoded += len(texts)
         show = self.show_progress if progress is None else progress
-        vectors = self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
-                                    convert_to_numpy=True,
-                                    show_progress_bar=show and len(texts) > self.batch_size)
+        vectors = self.model.encode(
+            texts,
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=show and len(texts) > self.batch_size,
+        )
         return np.asarray(vectors, dtype=np.float32)
 
 

@@ -62,8 +62,7 @@ def _ivf_pq(dim: int, n: int, params: dict[str, Any]) -> Any:
     m = int(params.get("m", next(m for m in (48, 32, 24, 16, 12, 8, 4, 2, 1) if dim % m == 0)))
     bits = int(params.get("bits", 8))
     quantizer = faiss.IndexFlatIP(dim)
-    index = faiss.IndexIVFPQ(quantizer, dim, _nlist(n, params), m, bits,
-                             faiss.METRIC_INNER_PRODUCT)
+    index = faiss.IndexIVFPQ(quantizer, dim, _nlist(n, params), m, bits, faiss.METRIC_INNER_PRODUCT)
     index.nprobe = int(params.get("nprobe", _nprobe(_nlist(n, params))))
     return faiss.IndexIDMap2(index)
 
@@ -112,8 +111,9 @@ def search_params(index: Any, selector: Any) -> Any:
     return params
 
 
-def measure_recall(index: Any, vectors: np.ndarray, k: int = 10, sample: int = 200,
-                   seed: int = 0) -> float:
+def measure_recall(
+    index: Any, vectors: np.ndarray, k: int = 10, sample: int = 200, seed: int = 0
+) -> float:
     """recall@k of ``index`` against exact search, on a sample of its own vectors as queries."""
     faiss = _faiss()
     n = len(vectors)

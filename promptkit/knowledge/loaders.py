@@ -60,7 +60,7 @@ def _front_matter(text: str) -> tuple[str, dict[str, Any]]:
     if not isinstance(meta, dict):
         return text, {}
     # keep offsets stable: blank out the header instead of cutting it
-    return " " * match.end() + text[match.end():], {str(k): v for k, v in meta.items()}
+    return " " * match.end() + text[match.end() :], {str(k): v for k, v in meta.items()}
 
 
 def _title(text: str) -> str | None:
@@ -81,8 +81,23 @@ def load_text(text: str, name: str) -> list[tuple[str, dict[str, Any]]]:
 
 class _HTMLText(html.parser.HTMLParser):
     SKIP = {"script", "style", "noscript", "template"}
-    BLOCK = {"p", "div", "br", "li", "h1", "h2", "h3", "h4", "h5", "h6", "tr", "section",
-             "article", "pre", "blockquote"}
+    BLOCK = {
+        "p",
+        "div",
+        "br",
+        "li",
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "tr",
+        "section",
+        "article",
+        "pre",
+        "blockquote",
+    }
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
@@ -192,8 +207,11 @@ def scan_folder(folder: Path, strict: bool = False) -> tuple[list[Document], lis
     patterns = [IGNORE_FILE]
     ignore_file = root / IGNORE_FILE
     if ignore_file.is_file():
-        patterns += [p.strip() for p in ignore_file.read_text().splitlines()
-                     if p.strip() and not p.startswith("#")]
+        patterns += [
+            p.strip()
+            for p in ignore_file.read_text().splitlines()
+            if p.strip() and not p.startswith("#")
+        ]
     documents: list[Document] = []
     skipped: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):

@@ -63,8 +63,10 @@ class DocStore:
         return dict(self.conn.execute("SELECT source, content_hash FROM documents"))
 
     def put_document(self, source: str, content_hash: str, metadata: dict[str, Any]) -> None:
-        self.conn.execute("INSERT OR REPLACE INTO documents VALUES (?, ?, ?)",
-                          (source, content_hash, json.dumps(metadata, default=str)))
+        self.conn.execute(
+            "INSERT OR REPLACE INTO documents VALUES (?, ?, ?)",
+            (source, content_hash, json.dumps(metadata, default=str)),
+        )
 
     def delete_sources(self, sources: Iterable[str]) -> int:
         removed = 0
@@ -79,10 +81,11 @@ class DocStore:
         found: dict[str, np.ndarray] = {}
         unique = list(set(hashes))
         for start in range(0, len(unique), 500):
-            part = unique[start: start + 500]
+            part = unique[start : start + 500]
             marks = ",".join("?" * len(part))
             for digest, blob in self.conn.execute(
-                    f"SELECT text_hash, embedding FROM chunks WHERE text_hash IN ({marks})", part):
+                f"SELECT text_hash, embedding FROM chunks WHERE text_hash IN ({marks})", part
+            ):
                 found[digest] = np.frombuffer(blob, dtype=np.float32)
         return found
 
@@ -90,12 +93,16 @@ class DocStore:
         value = self.conn.execute("SELECT max(id) FROM chunks").fetchone()[0]
         return (value or 0) + 1
 
-    def add_chunks(self, rows: list[tuple[int, str, str, int, int, str, dict[str, Any],
-                                          np.ndarray]]) -> None:
+    def add_chunks(
+        self, rows: list[tuple[int, str, str, int, int, str, dict[str, Any], np.ndarray]]
+    ) -> None:
         self.conn.executemany(
             "INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [(i, s, t, a, b, h, json.dumps(m, default=str), v.astype(np.float32).tobytes())
-             for i, s, t, a, b, h, m, v in rows])
+            [
+                (i, s, t, a, b, h, json.dumps(m, default=str), v.astype(np.float32).tobytes())
+                for i, s, t, a, b, h, m, v in rows
+            ],
+        )
 
     def count(self) -> int:
         return int(self.conn.execute("SELECT count(*) FROM chunks").fetchone()[0])
@@ -119,13 +126,19 @@ class DocStore:
         wanted = [int(i) for i in ids]
         out: dict[int, dict[str, Any]] = {}
         for start in range(0, len(wanted), 500):
-            part = wanted[start: start + 500]
+            part = wanted[start : start + 500]
             marks = ",".join("?" * len(part))
             for cid, source, text, a, b, meta in self.conn.execute(
-                    f"SELECT id, source, text, start, end, metadata FROM chunks "
-                    f"WHERE id IN ({marks})", part):
-                out[cid] = {"id": cid, "source": source, "text": text, "span": (a, b),
-                            "metadata": json.loads(meta)}
+                f"SELECT id, source, text, start, end, metadata FROM chunks WHERE id IN ({marks})",
+                part,
+            ):
+                out[cid] = {
+                    "id": cid,
+                    "source": source,
+                    "text": text,
+                    "span": (a, b),
+                    "metadata": json.loads(meta),
+                }
         return out
 
     def ids_matching(self, where: dict[str, Any]) -> list[int]:
@@ -161,7 +174,8 @@ class DocStore:
         wanted = [int(i) for i in ids]
         removed = 0
         for start in range(0, len(wanted), 500):
-            part = wanted[start: start + 500]
+            part = wanted[start : start + 500]
             removed += self.conn.execute(
-                f"DELETE FROM chunks WHERE id IN ({','.join('?' * len(part))})", part).rowcount
+                f"DELETE FROM chunks WHERE id IN ({','.join('?' * len(part))})", part
+            ).rowcount
         return removed

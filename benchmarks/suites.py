@@ -1,0 +1,388 @@
+"""The benchmark suites. Each takes ``smoke`` and returns a JSON-ready dict."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from run import peak_rss_mb, ratio, timed
+
+import promptkit as pk
+
+
+def _encoder(smoke: bool) -> str:
+    return pk.testing.tiny_model("bert") if smoke else "minilm"
+
+
+def _reviews(n: int, split: str = "train", smoke: bool = False) -> list[dict[str, Any]]:
+    if smoke:
+        return pk.testing.toy_classification(n)
+    return pk.datasets.load("rotten_tomatoes")[split][:n]
+
+
+# ---- 1. search --------------------------------------------------------------------------------
+
+def search(smoke: bool) -> dict[str, Any]:
+    import faiss
+
+    folder = pk.datasets.knowledge_dir("python-faq")
+    kb = pk.KnowledgeBase.build(folder, embedder=_encoder(smoke))
+    questions = [q["question"] for q in pk.datasets.load("python_faq")["test"]]
+    questions = questions[:8] if smoke else questions[:128]
+    vectors = kb.embedder.encode(questions, progress=False)
+    index = kb._ensure_index()
+    with tempfile.TemporaryDirectory() as tmp:
+        kb.store.save(Path(tmp) / "docstore.sqlite")
+        conn = sqlite3.connect(Path(tmp) / "docstore.sqlite")
+
+        def raw(batch: np.ndarray) -> None:
+            _, ids = index.search(batch, 10)
+            for row in ids:
+                marks = ",".join("?" * len(row))
+                conn.execute(f"SELECT id, source, text, start, end, metadata FROM chunks "
+                             f"WHERE id IN ({marks})", [int(i) for i in row]).fetchall()
+
+        def ours(batch: np.ndarray) -> None:
+            for hits in kb._dense(batch, 10, None):
+                kb.store.fetch(i for i, _ in hits)
+
+        repeat = 3 if smoke else 7
+        result: dict[str, Any] = {"chunks": len(kb), "queries": len(questions)}
+        for size in (1, 64):
+            batches = [vectors[i: i + size] for i in range(0, len(vectors), size)]
+            raw_t = timed(lambda b=batches: [raw(x) for x in b], repeat)
+            our_t = timed(lambda b=batches: [ours(x) for x in b], repeat)
+            result[f"batch_{size}"] = {"promptkit_s": our_t, "raw_faiss_sqlite_s": raw_t,
+                                       "ratio": ratio(our_t, raw_t),
+                                       "target": "<= 1.15" if size == 1 else "report"}
+        result["end_to_end_search_ms"] = timed(
+            lambda: [kb.search(q, k=10) for q in questions[:16]], repeat)["median"] / 16 * 1e3
+        result["peers"] = _peer_search(kb, questions, repeat)
+        conn.close()
+    assert faiss is not None
+    return result
+
+
+def _peer_search(kb: Any, questions: list[str], repeat: int) -> dict[str, Any]:
+    """LangChain's and LlamaIndex's FAISS stores on the same chunks and embeddings."""
+    peers: dict[str, Any] = {}
+    _ids, texts = kb.store.all_texts()
+    _, vectors = kb.store.all_vectors()
+    query_vectors = kb.embedder.encode(questions, progress=False)
+
+    class Fixed:  # an embedding function that returns the precomputed vectors
+        def embed_documents(self, docs: list[str]) -> list[list[float]]:
+            return vectors.tolist()
+
+        def embed_query(self, text: str) -> list[float]:
+            return query_vectors[questions.index(text)].tolist()
+
+    ours = timed(lambda: [kb.search(q, k=10) for q in questions], repeat)
+    peers["promptkit_s"] = ours
+    try:
+        from langchain_community.vectorstores import FAISS
+
+        store = FAISS.from_embeddings(list(zip(texts, vectors.tolist(), strict=True)), Fixed())
+        theirs = timed(lambda: [store.similarity_search(q, k=10) for q in questions], repeat)
+        peers["langchain"] = {"seconds": theirs, "ratio": ratio(ours, theirs)}
+    except ImportError:
+        peers["langchain"] = "not installed (pip install 'promptkit[bench]')"
+    try:
+        from llama_index.vector_stores.faiss import FaissVectorStore  # noqa: F401
+
+        peers["llamaindex"] = "installed; not measured in this version"
+    except ImportError:
+        peers["llamaindex"] = "not installed (pip install 'promptkit[bench]')"
+    peers["note"] = ("promptkit times include query embedding; peers get precomputed query "
+                     "vectors through a lookup, so the comparison favours the peers")
+    return peers
+
+
+# ---- 2. build ---------------------------------------------------------------------------------
+
+def build(smoke: bool) -> dict[str, Any]:
+    from sentence_transformers import SentenceTransformer
+
+    folder = pk.datasets.knowledge_dir("python-faq")
+    start = time.perf_counter()
+    kb = pk.KnowledgeBase.build(folder, embedder=_encoder(smoke))
+    first = time.perf_counter() - start
+    _ids, texts = kb.store.all_texts()
+    model = SentenceTransformer(pk.models.resolve(_encoder(smoke)))
+    repeat = 2 if smoke else 3
+    raw = timed(lambda: model.encode(texts, batch_size=64, normalize_embeddings=True), repeat)
+
+    def rebuild() -> None:
+        pk.KnowledgeBase.build(folder, embedder=_encoder(smoke))
+
+    ours = timed(rebuild, repeat)
+    with tempfile.TemporaryDirectory() as tmp:
+        kb.save(Path(tmp) / "kb")
+        loaded = pk.KnowledgeBase.load(Path(tmp) / "kb")
+        before = loaded.embedder.texts_encoded
+        update = timed(loaded.update, repeat)
+        embedded = loaded.embedder.texts_encoded - before
+    return {"chunks": len(texts), "first_build_s": first,
+            "promptkit_build_s": ours, "raw_encode_s": raw,
+            "chunks_per_second": {"promptkit": len(texts) / ours["median"],
+                                  "raw_encode": len(texts) / raw["median"]},
+            "throughput_ratio": raw["median"] / ours["median"], "target": ">= 0.9",
+            "unchanged_update_s": update, "unchanged_update_fraction": update["median"] /
+            ours["median"], "unchanged_update_texts_embedded": embedded,
+            "update_target": "no embedding, < 5% of a build"}
+
+
+# ---- 3. fit -----------------------------------------------------------------------------------
+
+def _plain_fit(kind: str, model_path: str, rows: list[dict[str, Any]], settings: dict[str, Any],
+               texts: list[str]) -> tuple[float, Any, Any]:
+    """A hand-written transformers Trainer (+ peft) script with the same settings."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
+
+    set_seed(settings["seed"])
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=2)
+    if kind == "lora":
+        model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=16,
+                                                 lora_dropout=0.1))
+    labels = {"negative": 0, "positive": 1}
+    encoded = tokenizer(texts, truncation=True, max_length=settings["max_length"])
+    data = [{"input_ids": i, "attention_mask": m, "labels": labels[r["label"]]}
+            for i, m, r in zip(encoded["input_ids"], encoded["attention_mask"], rows,
+                               strict=True)]
+    with tempfile.TemporaryDirectory() as out:
+        args = TrainingArguments(output_dir=out, num_train_epochs=settings["epochs"],
+                                 per_device_train_batch_size=settings["batch_size"],
+                                 learning_rate=settings["learning_rate"], seed=settings["seed"],
+                                 data_seed=settings["seed"], save_strategy="no",
+                                 report_to="none", logging_steps=50, disable_tqdm=True,
+                                 dataloader_pin_memory=torch.cuda.is_available())
+        trainer = Trainer(model=model, args=args, train_dataset=data,
+                          data_collator=DataCollatorWithPadding(tokenizer))
+        start = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - start
+    return seconds, model.eval(), tokenizer
+
+
+def _plain_accuracy(model: Any, tokenizer: Any, texts: list[str], rows: list[dict[str, Any]],
+                    max_length: int) -> float:
+    import torch
+
+    correct = 0
+    with torch.inference_mode():
+        for start in range(0, len(texts), 64):
+            batch = tokenizer(texts[start: start + 64], truncation=True, max_length=max_length,
+                              padding=True, return_tensors="pt")
+            preds = model(**batch).logits.argmax(-1).tolist()
+            correct += sum(p == (r["label"] == "positive")
+                           for p, r in zip(preds, rows[start: start + 64], strict=True))
+    return correct / len(rows)
+
+
+def fit(smoke: bool) -> dict[str, Any]:
+    """promptkit fit vs a plain Trainer script: same model, data, template text, settings."""
+    n_train = 48 if smoke else 10_000
+    train = _reviews(n_train, smoke=smoke)
+    test = _reviews(24 if smoke else 1276, "test", smoke)
+    task = pk.Task.classification(["negative", "positive"], template="sentiment")
+    model = _encoder(smoke)
+    path = pk.models.resolve(model)
+    result: dict[str, Any] = {"train_examples": len(train), "test_examples": len(test)}
+    for kind, lr in (("full", 5e-5), ("lora", 5e-4)):
+        settings = {"epochs": 1, "batch_size": 32, "max_length": 64, "learning_rate": lr,
+                    "seed": 0}
+        texts = [task.render(r) for r in train]  # the plain script sees the same input text
+        plain_s, plain_model, tokenizer = _plain_fit(kind, path, train, settings, texts)
+        plain_acc = _plain_accuracy(plain_model, tokenizer, [task.render(r) for r in test],
+                                    test, settings["max_length"])
+        rss_plain = peak_rss_mb()
+        adapter = pk.create_adapter(kind, model=model, task=task, logging_steps=50,
+                                    save_checkpoints=False, **settings)
+        fitted = adapter.fit(train)
+        predictions = adapter.predict(test)
+        ours_acc = sum(p.label == r["label"] for p, r in zip(predictions, test, strict=True)) / \
+            len(test)
+        result[kind] = {
+            "promptkit_fit_s": fitted.fit_seconds, "plain_fit_s": plain_s,
+            "samples_per_second": {"promptkit": len(train) / fitted.fit_seconds,
+                                   "plain": len(train) / plain_s},
+            "throughput_ratio": plain_s / fitted.fit_seconds, "target": ">= 0.95",
+            "accuracy": {"promptkit": ours_acc, "plain": plain_acc},
+            "trainable_params": fitted.trainable_params,
+            "peak_rss_mb_after_plain": rss_plain, "peak_rss_mb_after_promptkit": peak_rss_mb(),
+        }
+    return result
+
+
+# ---- 4. predict -------------------------------------------------------------------------------
+
+def predict(smoke: bool) -> dict[str, Any]:
+    from transformers import pipeline
+
+    task = pk.Task.classification(["negative", "positive"], template="sentiment")
+    adapter = pk.create_adapter("full", model=_encoder(smoke), task=task, epochs=1,
+                                batch_size=32, max_length=128, save_checkpoints=False)
+    adapter.fit(_reviews(48 if smoke else 256, smoke=smoke))
+    rows = _reviews(64 if smoke else 1000, "test", smoke)
+    random.Random(0).shuffle(rows)
+    texts = [task.render(r) for r in rows]
+    classifier = pipeline("text-classification", model=adapter.model_,
+                          tokenizer=adapter.tokenizer_, device=-1, top_k=None)
+    repeat = 2 if smoke else 3
+    theirs = timed(lambda: classifier(texts, batch_size=32, truncation=True, max_length=128),
+                   repeat)
+    ours = timed(lambda: adapter.predict(rows), repeat)
+    return {"examples": len(rows), "batch_size": 32, "promptkit_s": ours, "pipeline_s": theirs,
+            "examples_per_second": {"promptkit": len(rows) / ours["median"],
+                                    "pipeline": len(rows) / theirs["median"]},
+            "throughput_ratio": theirs["median"] / ours["median"], "target": ">= 1.0"}
+
+
+# ---- 5. evaluator -----------------------------------------------------------------------------
+
+def evaluator(smoke: bool) -> dict[str, Any]:
+    from sklearn import metrics as skm
+
+    from promptkit.evaluation import bootstrap
+    from promptkit.metrics import ClassificationBatch, metrics
+
+    n = 2_000 if smoke else 100_000
+    resamples = 50 if smoke else 1000
+    rng = np.random.default_rng(0)
+    refs = rng.integers(0, 2, n)
+    preds = np.where(rng.random(n) < 0.8, refs, 1 - refs)
+    probs = np.clip(preds * 0.7 + 0.15 + rng.normal(0, 0.05, n), 0.01, 0.99)
+    scores = np.stack([1 - probs, probs], axis=1)
+    batch = ClassificationBatch(refs, preds, ["a", "b"], scores)
+    names = ["accuracy", "f1_macro", "precision_macro", "recall_macro", "log_loss"]
+    specs = [metrics.get(m) for m in names]
+    import tracemalloc
+
+    tracemalloc.start()
+    start = time.perf_counter()
+    bootstrap(specs, batch, n, resamples=resamples)
+    ours = time.perf_counter() - start
+    peak = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    loop_resamples = resamples if smoke else 100  # the loop is timed on 100 and scaled
+    start = time.perf_counter()
+    for _ in range(loop_resamples):
+        idx = rng.integers(0, n, n)
+        r, p, s = refs[idx], preds[idx], scores[idx]
+        skm.accuracy_score(r, p)
+        skm.f1_score(r, p, average="macro")
+        skm.precision_score(r, p, average="macro", zero_division=0)
+        skm.recall_score(r, p, average="macro", zero_division=0)
+        skm.log_loss(r, s, labels=[0, 1])
+    loop = (time.perf_counter() - start) * resamples / loop_resamples
+    return {"predictions": n, "resamples": resamples, "metrics": names,
+            "promptkit_s": ours, "python_loop_s_estimated": loop,
+            "loop_timed_resamples": loop_resamples, "speedup": loop / ours,
+            "peak_traced_mb": peak}
+
+
+# ---- 6. scale ---------------------------------------------------------------------------------
+
+def scale(smoke: bool) -> dict[str, Any]:
+    import faiss
+
+    from promptkit.knowledge.index import build_index, measure_recall
+
+    n, dim = (20_000 if smoke else 1_000_000), 384
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(256, dim)).astype(np.float32)
+    vectors = centers[rng.integers(0, 256, n)] + 0.3 * rng.normal(size=(n, dim)).astype(
+        np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = np.arange(n, dtype=np.int64)
+    params = {"nlist": 64 if smoke else 1024, "m": 48, "bits": 8}
+    start = time.perf_counter()
+    index = build_index("ivf_pq", vectors, ids, params)
+    build_s = time.perf_counter() - start
+    recall = measure_recall(index, vectors, k=10, sample=200)
+    queries = vectors[rng.choice(n, 1000, replace=False)]
+    searched = timed(lambda: index.search(queries, 10), 3)
+    with tempfile.NamedTemporaryFile() as handle:
+        faiss.write_index(index, handle.name)
+        size = Path(handle.name).stat().st_size
+    per_vector = size / n
+    return {"vectors": n, "dimension": dim, "params": params, "build_s": build_s,
+            "recall_at_10_vs_exact": recall, "queries_per_second": 1000 / searched["median"],
+            "index_bytes": size, "bytes_per_vector": per_vector,
+            "projected_gb_for_100M": per_vector * 100_000_000 / 1e9,
+            "raw_float32_bytes_per_vector": dim * 4}
+
+
+# ---- 7. quality -------------------------------------------------------------------------------
+
+def quality(smoke: bool) -> dict[str, Any]:
+    n_train = 48 if smoke else 3000
+    train, test = _reviews(n_train, smoke=smoke), _reviews(24 if smoke else 1276, "test", smoke)
+    task = pk.Task.classification(["negative", "positive"], template="sentiment")
+    model = _encoder(smoke)
+    short = {"epochs": 1, "batch_size": 32, "max_length": 64, "save_checkpoints": False}
+    candidates = {
+        "full": pk.create_adapter("full", model=model, task=task, learning_rate=5e-5, **short),
+        "lora": pk.create_adapter("lora", model=model, task=task, learning_rate=5e-4, **short),
+        "prompt_tuning": pk.create_adapter("prompt_tuning", model=model, task=task, **short),
+        "p_tuning": pk.create_adapter("p_tuning", model=model, task=task, **short),
+        "ia3": pk.create_adapter("ia3", model=model, task=task, **short),
+        "zero_shot": pk.create_adapter(
+            "prompt", model=pk.testing.tiny_model("gpt2") if smoke else "smollm2-135m-instruct",
+            task=task, batch_size=16),
+        "knn": pk.create_adapter("retrieval", task=task, embedder=model, top_k=10),
+    }
+    for adapter in candidates.values():
+        adapter.fit(train)
+    report = pk.Evaluator(task, metrics=["accuracy", "f1_macro"]).compare(candidates, test)
+    classification = {name: {m: r.metrics[m].to_dict() for m in r.metrics} | {
+        "fit_s": r.costs.get("fit_seconds"), "trainable_params": r.costs.get("trainable_params")}
+        for name, r in ((r.name, r) for r in report.results)}
+    retrieval = _retrieval_quality(smoke)
+    return {"train_examples": len(train), "test_examples": len(test),
+            "classification": classification, "retrieval": retrieval,
+            "note": "prefix_tuning is not in the table: transformers 5 encoder classifiers "
+                    "take no key/value cache"}
+
+
+def _retrieval_quality(smoke: bool) -> dict[str, Any]:
+    faq = pk.datasets.load("python_faq")["test"]
+    faq = faq[:20] if smoke else faq
+    kb = pk.KnowledgeBase.build(pk.datasets.knowledge_dir("python-faq"), embedder=_encoder(smoke))
+
+    def searcher(**options: Any) -> Any:
+        def run(query: str) -> list[str]:
+            return [h.metadata.get("heading") for h in kb.search(query, k=10, **options)]
+        return run
+
+    def bm25(query: str) -> list[str]:
+        chunks = kb.store.fetch(i for i, _ in kb._sparse(query, 10, None))
+        return [chunks[i]["metadata"].get("heading") for i in chunks]
+
+    evaluator = pk.Evaluator(resamples=1000)
+    searchers = {"dense": searcher(), "bm25": bm25, "hybrid": searcher(hybrid=True),
+                 "reranked": searcher(rerank=_encoder(True) if smoke else "minilm")}
+    report = evaluator.retrieval(searchers, [q["question"] for q in faq],
+                                 [{q["passage_id"]} for q in faq], k=10)
+    return {r.name: {m: v.to_dict() for m, v in r.metrics.items()} for r in report.results} | {
+        "note": "reranked uses MiniLM loaded as a cross-encoder with an untrained head (no "
+                "pretrained cross-encoder is available offline); expect it to hurt"}
+
+
+SUITES = {"search": search, "build": build, "fit": fit, "predict": predict,
+          "evaluator": evaluator, "scale": scale, "quality": quality}

@@ -1,0 +1,86 @@
+"""Render benchmarks/results/*.json as the Markdown table the README includes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def _load(folder: Path, name: str) -> dict[str, Any] | None:
+    path = folder / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _r(value: float) -> str:
+    return f"{value:.2f}"
+
+
+def write_table(folder: Path) -> Path:
+    lines = ["| benchmark | promptkit vs baseline | target | met |", "| --- | --- | --- | --- |"]
+
+    def row(label: str, figure: str, target: str, met: bool | None) -> None:
+        lines.append(f"| {label} | {figure} | {target} | "
+                     f"{'–' if met is None else ('yes' if met else 'no')} |")
+
+    if s := _load(folder, "search"):
+        b1, b64 = s["batch_1"]["ratio"], s["batch_64"]["ratio"]
+        row("search, batch 1 (time vs raw faiss + SQLite fetch)",
+            f"{_r(b1['median'])}x (range {_r(b1['best'])}–{_r(b1['worst'])})", "≤ 1.15x",
+            b1["median"] <= 1.15)
+        row("search, batch 64 (time vs raw)", f"{_r(b64['median'])}x", "report", None)
+        peer = s["peers"].get("langchain")
+        if isinstance(peer, dict):
+            row("search vs LangChain FAISS store (time)", f"{_r(peer['ratio']['median'])}x",
+                "< 1x", peer["ratio"]["median"] < 1)
+    if b := _load(folder, "build"):
+        row("build throughput (vs raw SentenceTransformer.encode)",
+            f"{_r(b['throughput_ratio'])}x", "≥ 0.9x", b["throughput_ratio"] >= 0.9)
+        row("rebuild of an unchanged folder (share of a build; texts embedded)",
+            f"{b['unchanged_update_fraction'] * 100:.1f}%, {b['unchanged_update_texts_embedded']}"
+            " embedded", "< 5%, 0", b["unchanged_update_fraction"] < 0.05
+            and b["unchanged_update_texts_embedded"] == 0)
+    if f := _load(folder, "fit"):
+        for kind in ("full", "lora"):
+            if kind in f:
+                x = f[kind]
+                row(f"fit {kind} (samples/s vs plain Trainer script)",
+                    f"{_r(x['throughput_ratio'])}x; accuracy {x['accuracy']['promptkit']:.3f} vs "
+                    f"{x['accuracy']['plain']:.3f}", "≥ 0.95x", x["throughput_ratio"] >= 0.95)
+    if p := _load(folder, "predict"):
+        row("predict (examples/s vs transformers pipeline)", f"{_r(p['throughput_ratio'])}x",
+            "≥ 1.0x", p["throughput_ratio"] >= 1.0)
+    if e := _load(folder, "evaluator"):
+        row(f"bootstrap, 5 metrics × {e['predictions']:,} predictions × {e['resamples']} "
+            "resamples (vs Python loop)", f"{e['promptkit_s']:.1f}s vs "
+            f"{e['python_loop_s_estimated']:.0f}s ({e['speedup']:.0f}x faster)", "report", None)
+    if sc := _load(folder, "scale"):
+        row(f"ivf_pq over {sc['vectors']:,} vectors",
+            f"build {sc['build_s']:.0f}s, {sc['bytes_per_vector']:.0f} B/vector, recall@10 "
+            f"{sc['recall_at_10_vs_exact']:.2f}, {sc['queries_per_second']:.0f} q/s, "
+            f"{sc['projected_gb_for_100M']:.1f} GB for 100M", "report", None)
+    text = "\n".join(lines) + "\n"
+    if q := _load(folder, "quality"):
+        text += (f"\nRotten Tomatoes test accuracy and macro-F1 (95% bootstrap intervals; "
+                 f"{q['train_examples']} training examples, one epoch, MiniLM, max_length 64):\n\n"
+                 "| adapter | accuracy | macro-F1 | fit s | trainable params |\n"
+                 "| --- | --- | --- | --- | --- |\n")
+        for name, m in q["classification"].items():
+            acc, f1 = m["accuracy"], m["f1_macro"]
+            text += (f"| {name} | {acc['value']:.3f} [{acc['low']:.3f}, {acc['high']:.3f}] | "
+                     f"{f1['value']:.3f} [{f1['low']:.3f}, {f1['high']:.3f}] | "
+                     f"{m['fit_s'] or 0:.0f} | {m['trainable_params'] or 0:,} |\n")
+        text += ("\nPython FAQ retrieval (178 questions, answers indexed without their "
+                 "questions):\n\n| retriever | recall@1 | recall@5 | recall@10 | MRR |\n"
+                 "| --- | --- | --- | --- | --- |\n")
+        for name, m in q["retrieval"].items():
+            if isinstance(m, dict):
+                text += (f"| {name} | {m['recall@1']['value']:.3f} | {m['recall@5']['value']:.3f}"
+                         f" | {m['recall@10']['value']:.3f} | {m['mrr']['value']:.3f} |\n")
+    out = folder / "table.md"
+    out.write_text(text)
+    return out
+
+
+if __name__ == "__main__":
+    write_table(Path(__file__).resolve().parent / "results")
