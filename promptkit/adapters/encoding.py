@@ -26,7 +26,7 @@ def render_inputs(
     budget = max(max_length - reserve, 1)
 
     def count(text: str) -> int:
-        return len(tokenizer(text, add_special_tokens=True)["input_ids"])
+        return len(tokenizer(text, add_special_tokens=True, verbose=False)["input_ids"])
 
     texts = [
         template.render_fitted(record, count, budget, stats, labels=task.labels, **extra)

@@ -110,19 +110,24 @@ class Report:
             if any(r.costs.get(k) is not None for r in self.results)
         ]
 
-    def table(self) -> str:
-        """The comparison as a terminal table (rich), with intervals and significance."""
+    def table(self, full: bool = False) -> str:
+        """The comparison as a terminal table (rich), with intervals and significance.
+
+        By default it shows the first four metrics and the paired tests on the first one; the
+        saved JSON, Markdown and HTML always hold everything (``full=True`` prints it all).
+        """
         from rich.console import Console
         from rich.table import Table
 
-        level = round((1 - self.alpha) * 100)
+        level = int(round((1 - self.alpha) * 100))
+        names = self.metric_names if full else self.metric_names[:4]
         table = Table(title=f"{self.title} — {level}% bootstrap intervals")
-        for column in ["adapter", *self.metric_names]:
+        for column in ["adapter", *names]:
             table.add_column(column, overflow="fold")
         for row in self.metric_rows():
-            table.add_row(*row)
+            table.add_row(*row[: len(names) + 1])
         buffer = io.StringIO()
-        console = Console(file=buffer, width=160, force_terminal=False)
+        console = Console(file=buffer, width=140, force_terminal=False)
         console.print(table)
         costs = self.cost_columns()
         if costs:
@@ -132,11 +137,12 @@ class Report:
             for r in self.results:
                 cost_table.add_row(r.name, *[_fmt(r.costs.get(k)) for k, _ in costs])
             console.print(cost_table)
-        if self.comparisons:
+        shown = [c for c in self.comparisons if full or c.metric == self.metric_names[0]]
+        if shown:
             sig = Table(title=f"paired tests (alpha {self.alpha}, uncorrected)")
             for column in ["a", "b", "metric", "a - b", "p", "test", "significant"]:
                 sig.add_column(column)
-            for c in self.comparisons:
+            for c in shown:
                 sig.add_row(
                     c.a,
                     c.b,
@@ -149,6 +155,8 @@ class Report:
             console.print(sig)
         for note in self.notes:
             console.print(note)
+        if not full and (len(names) < len(self.metric_names) or len(shown) < len(self.comparisons)):
+            console.print("(all metrics and tests: report.md / report.html)")
         return buffer.getvalue()
 
     def markdown(self) -> str:

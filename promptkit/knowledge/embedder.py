@@ -37,7 +37,7 @@ class Embedder:
         return int(self.model.max_seq_length or 256)
 
     def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+        return len(self.tokenizer(text, add_special_tokens=True, verbose=False)["input_ids"])
 
     def encode(self, texts: list[str], progress: bool | None = None) -> np.ndarray:
         if not texts:
