@@ -119,7 +119,7 @@ class Report:
         from rich.console import Console
         from rich.table import Table
 
-        level = int(round((1 - self.alpha) * 100))
+        level = round((1 - self.alpha) * 100)
         names = self.metric_names if full else self.metric_names[:4]
         table = Table(title=f"{self.title} — {level}% bootstrap intervals")
         for column in ["adapter", *names]:
@@ -222,7 +222,7 @@ class Report:
         names = [r.name for r in self.results]
         shown = [m for m in self.metric_names if m not in ("log_loss", "ece")][:6]
         if shown:
-            fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(names) * len(shown) / 2), 4))
+            fig, ax = plt.subplots(figsize=(min(11, max(6, 0.5 * len(names) * len(shown))), 4))
             width = 0.8 / len(names)
             for i, result in enumerate(self.results):
                 values = [result.metrics[m].value if m in result.metrics else np.nan for m in shown]
@@ -253,7 +253,7 @@ class Report:
                 continue
             matrix = np.array(result.confusion)
             fig, ax = plt.subplots(
-                figsize=(3.2 + 0.3 * len(self.labels), 2.8 + 0.3 * len(self.labels))
+                figsize=(2.6 + 0.3 * len(self.labels), 2.4 + 0.3 * len(self.labels))
             )
             ax.imshow(matrix, cmap="Blues")
             ax.set_xticks(range(len(self.labels)), self.labels, rotation=45, ha="right")
@@ -272,7 +272,9 @@ class Report:
             ax.set_title(f"Confusion: {result.name}")
             plots.append((f"Confusion matrix — {result.name}", _png(fig)))
         if any(r.per_class for r in self.results):
-            fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(self.labels) * len(names) / 2), 3.5))
+            fig, ax = plt.subplots(
+                figsize=(min(11, max(5, 0.6 * len(self.labels) * len(names))), 3.5)
+            )
             width = 0.8 / len(names)
             for i, result in enumerate(self.results):
                 ax.bar(
@@ -303,6 +305,11 @@ class Report:
         parts += [f"<p class='note'>{esc(n)}</p>" for n in self.notes]
         parts.append(f"<h2>Metrics ({level}% bootstrap intervals)</h2>")
         parts.append(table(["adapter", *self.metric_names], self.metric_rows()))
+        for caption, image in self._plots():
+            parts.append(
+                f"<figure><img alt='{esc(caption)}' src='data:image/png;base64,{image}'>"
+                f"<figcaption>{esc(caption)}</figcaption></figure>"
+            )
         costs = self.cost_columns()
         if costs:
             parts.append("<h2>Costs</h2>")
@@ -313,29 +320,34 @@ class Report:
                 )
             )
         if self.comparisons:
-            parts.append(f"<h2>Paired tests (alpha {self.alpha}, uncorrected)</h2>")
-            parts.append(
-                table(
-                    ["a", "b", "metric", "a − b", "p", "test", "significant"],
+            header = ["a", "b", "metric", "a − b", "p", "test", "significant"]
+
+            def rows(items: list[Comparison]) -> list[list[str]]:
+                return [
                     [
-                        [
-                            c.a,
-                            c.b,
-                            c.metric,
-                            f"{c.difference:+.3f}",
-                            f"{c.p_value:.3g}",
-                            c.test,
-                            "yes" if c.significant else "no",
-                        ]
-                        for c in self.comparisons
-                    ],
-                )
-            )
-        for caption, image in self._plots():
+                        c.a,
+                        c.b,
+                        c.metric,
+                        f"{c.difference:+.3f}",
+                        f"{c.p_value:.3g}",
+                        c.test,
+                        "yes" if c.significant else "no",
+                    ]
+                    for c in items
+                ]
+
+            primary = [c for c in self.comparisons if c.metric == self.metric_names[0]]
             parts.append(
-                f"<figure><img alt='{esc(caption)}' src='data:image/png;base64,{image}'>"
-                f"<figcaption>{esc(caption)}</figcaption></figure>"
+                f"<h2>Paired tests on {esc(self.metric_names[0])} (alpha {self.alpha}, "
+                "uncorrected)</h2>"
             )
+            parts.append(table(header, rows(primary)))
+            others = [c for c in self.comparisons if c.metric != self.metric_names[0]]
+            if others:
+                parts.append(
+                    f"<details><summary>Paired tests on the other metrics ({len(others)})"
+                    f"</summary>{table(header, rows(others))}</details>"
+                )
         parts.append(
             "<h2>Reproducibility</h2><pre>"
             + esc(json.dumps(self.reproducibility, indent=2, default=str))
