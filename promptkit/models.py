@@ -144,17 +144,19 @@ def resolve(name: str | os.PathLike[str]) -> str:
     path = Path(text).expanduser()
     if path.exists():
         return str(path)
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") and not _in_hub_cache(
-        text
-    ):
+    if "/" not in text:  # a near-miss of an alias is likelier than a hub id with no owner
+        close = aliases.unknown_message(text)
+        if "Did you mean" in close:
+            raise ModelNotAvailableError(
+                close.replace("Unknown model alias", "Unknown model")
+                + " Any Hugging Face id or local path also works."
+            )
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    if offline and not _in_hub_cache(text):
         raise ModelNotAvailableError(
             f"Model {text!r} is not an alias, not a local path, and not in the Hugging Face cache, "
             f"and HF_HUB_OFFLINE is set. Aliases that work offline: {', '.join(aliases.names())}."
         )
-    if "/" not in text and text.count("-") >= 1 and len(text) < 40:
-        close = aliases.unknown_message(text)
-        if "Did you mean" in close:
-            raise ModelNotAvailableError(close)
     return text
 
 

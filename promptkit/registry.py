@@ -69,7 +69,8 @@ class Registry(Generic[T]):
         names = self.names()
         close = difflib.get_close_matches(str(name).lower(), names, n=3, cutoff=0.5)
         hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        return f"Unknown {self.kind} {name!r}.{hint} Known {self.kind}s: {', '.join(names)}."
+        plural = self.kind + ("es" if self.kind.endswith("s") else "s")
+        return f"Unknown {self.kind} {name!r}.{hint} Known {plural}: {', '.join(names)}."
 
     def names(self) -> list[str]:
         return sorted(set(self._entries) | set(self._lazy))

@@ -71,7 +71,7 @@ BAD_INPUT = [
     ("template undefined variable", lambda t, m: Template.from_string("{{ nope }}").render({}),
      "undefined"),
     ("template sandbox escape", lambda t, m: Template.from_string(
-        "{{ cycler.__init__.__globals__.os.system('echo x') }}").render({}), "cycler"),
+        "{{ cycler.__init__.__globals__.os.system('echo x') }}").render({}), "unsafe"),
     ("template unknown name", lambda t, m: pk.Task.classification(["a", "b"], template="sentimnt"),
      "Did you mean"),
     ("template fields mismatch", lambda t, m: pk.Task.classification(
@@ -199,7 +199,7 @@ def test_document_loaders_on_arbitrary_bytes(blob, suffix):
 
 @FUZZ
 @given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=600),
-       st.integers(4, 40), st.integers(0, 10))
+       st.integers(8, 40), st.integers(0, 10))
 def test_chunks_cover_document_within_limit(text, limit, overlap):
     def count(piece: str) -> int:
         return len(piece.split()) + len(piece) // 20
