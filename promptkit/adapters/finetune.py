@@ -116,8 +116,8 @@ class FineTuneAdapter(Adapter):
         if pretrained and not self.config.from_scratch:
             model = models.load_model(
                 source,
-                head,
-                id2label=labels if head == "seq_cls" else None,  # type: ignore[arg-type]
+                head,  # type: ignore[arg-type]
+                id2label=labels if head == "seq_cls" else None,
             )
         else:
             config = transformers.AutoConfig.from_pretrained(models.resolve(source))

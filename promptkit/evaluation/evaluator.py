@@ -78,6 +78,18 @@ class Comparison:
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
 
+    def cells(self) -> list[str]:
+        """The row shown in every table format."""
+        return [
+            self.a,
+            self.b,
+            self.metric,
+            f"{self.difference:+.3f}",
+            f"{self.p_value:.3g}",
+            self.test,
+            "yes" if self.significant else "no",
+        ]
+
 
 def library_versions() -> dict[str, str]:
     versions = {}

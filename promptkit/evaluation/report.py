@@ -143,15 +143,7 @@ class Report:
             for column in ["a", "b", "metric", "a - b", "p", "test", "significant"]:
                 sig.add_column(column)
             for c in shown:
-                sig.add_row(
-                    c.a,
-                    c.b,
-                    c.metric,
-                    f"{c.difference:+.3f}",
-                    f"{c.p_value:.3g}",
-                    c.test,
-                    "yes" if c.significant else "no",
-                )
+                sig.add_row(*c.cells())
             console.print(sig)
         for note in self.notes:
             console.print(note)
@@ -192,11 +184,7 @@ class Report:
                 "| a | b | metric | a − b | p | test | significant |",
                 "| --- | --- | --- | --- | --- | --- | --- |",
             ]
-            lines += [
-                f"| {c.a} | {c.b} | {c.metric} | {c.difference:+.3f} | {c.p_value:.3g} | "
-                f"{c.test} | {'yes' if c.significant else 'no'} |"
-                for c in self.comparisons
-            ]
+            lines += ["| " + " | ".join(c.cells()) + " |" for c in self.comparisons]
         lines += [
             "",
             "## Reproducibility",
@@ -323,18 +311,7 @@ class Report:
             header = ["a", "b", "metric", "a − b", "p", "test", "significant"]
 
             def rows(items: list[Comparison]) -> list[list[str]]:
-                return [
-                    [
-                        c.a,
-                        c.b,
-                        c.metric,
-                        f"{c.difference:+.3f}",
-                        f"{c.p_value:.3g}",
-                        c.test,
-                        "yes" if c.significant else "no",
-                    ]
-                    for c in items
-                ]
+                return [c.cells() for c in items]
 
             primary = [c for c in self.comparisons if c.metric == self.metric_names[0]]
             parts.append(
