@@ -29,10 +29,12 @@ def write_table(folder: Path) -> Path:
             f"{_r(b1['median'])}x (range {_r(b1['best'])}–{_r(b1['worst'])})", "≤ 1.15x",
             b1["median"] <= 1.15)
         row("search, batch 64 (time vs raw)", f"{_r(b64['median'])}x", "report", None)
-        peer = s["peers"].get("langchain")
-        if isinstance(peer, dict):
-            row("search vs LangChain FAISS store (time)", f"{_r(peer['ratio']['median'])}x",
-                "< 1x", peer["ratio"]["median"] < 1)
+        for key, label in (("langchain", "LangChain FAISS store"),
+                           ("llamaindex", "LlamaIndex FaissVectorStore")):
+            peer = s["peers"].get(key)
+            if isinstance(peer, dict):
+                row(f"search vs {label}, 128 queries (time)",
+                    f"{_r(peer['ratio']['median'])}x", "< 1x", peer["ratio"]["median"] < 1)
     if b := _load(folder, "build"):
         row("build throughput (vs raw SentenceTransformer.encode)",
             f"{_r(b['throughput_ratio'])}x", "≥ 0.9x", b["throughput_ratio"] >= 0.9)

@@ -29,7 +29,7 @@ def main() -> None:
         adapter = pk.create_adapter("prompt", task=task, batch_size=16, **settings)
         adapter.fit(data["train"])
         predictions = adapter.predict(test)
-        accuracy = sum(p.label == r["label"] for p, r in zip(predictions, test)) / len(test)
+        accuracy = sum(p.label == r["label"] for p, r in zip(predictions, test, strict=True)) / len(test)
         print(f"{settings or 'zero-shot'}: accuracy {accuracy:.3f} "
               f"({time.perf_counter() - start:.0f} s)", flush=True)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +35,33 @@ KIND = "knowledge_base"
 RRF_K = 60
 
 
-@dataclass
 class Hit:
-    """A retrieved chunk: its text, score, source document, character span and metadata."""
+    """A retrieved chunk: its text, score, source document, character span and metadata.
 
-    text: str
-    score: float
-    source: str
-    span: tuple[int, int]
-    metadata: dict[str, Any] = field(default_factory=dict)
-    id: int = 0
+    ``metadata`` is parsed from the docstore's JSON the first time it is read.
+    """
+
+    __slots__ = ("_metadata", "_metadata_json", "id", "score", "source", "span", "text")
+
+    def __init__(
+        self,
+        text: str,
+        score: float,
+        source: str,
+        span: tuple[int, int],
+        metadata: dict[str, Any] | None = None,
+        id: int = 0,
+        metadata_json: str | None = None,
+    ) -> None:
+        self.text, self.score, self.source, self.span, self.id = text, score, source, span, id
+        self._metadata = metadata
+        self._metadata_json = metadata_json
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        if self._metadata is None:
+            self._metadata = json.loads(self._metadata_json or "{}")
+        return self._metadata
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -55,6 +72,12 @@ class Hit:
             "span": list(self.span),
             "metadata": self.metadata,
         }
+
+    def __repr__(self) -> str:
+        return (
+            f"Hit(score={self.score:.4f}, source={self.source!r}, span={self.span}, "
+            f"text={self.text[:60]!r})"
+        )
 
 
 @dataclass
@@ -97,6 +120,7 @@ class KnowledgeBase:
         self.recall_at_10: float | None = None
         self._embedder: Embedder | None = None
         self._index: Any = None
+        self._index_kind = index if index != "auto" else "flat"
         self._exact: Any = None
         self._bm25: tuple[Any, list[int]] | None = None
         self._reranker: Any = None
@@ -158,6 +182,7 @@ class KnowledgeBase:
         self.store = DocStore(root / "docstore.sqlite")
         self.dimension = manifest["meta"].get("dimension")
         self.recall_at_10 = manifest["meta"].get("recall_at_10")
+        self._index_kind = manifest["meta"].get("index_type") or "flat"
         index_file = root / "index.faiss"
         try:
             self._index = faiss.read_index(str(index_file)) if index_file.is_file() else None
@@ -348,6 +373,8 @@ class KnowledgeBase:
     def resolved_index_type(self) -> str:
         if self.index_type != "auto":
             return self.index_type
+        if self._index is not None:  # decided when the index was built; no count per query
+            return self._index_kind
         return choose_index_type(self.store.count())
 
     def _ensure_index(self) -> Any:
@@ -356,7 +383,7 @@ class KnowledgeBase:
         ids, vectors = self.store.all_vectors()
         if len(ids) == 0:
             return None
-        kind = self.resolved_index_type
+        kind = self._index_kind = self.resolved_index_type
         self.dimension = vectors.shape[1]
         self._index = build_index(
             kind, vectors, ids, {**self.index_params, "dimension": self.dimension}
@@ -390,35 +417,47 @@ class KnowledgeBase:
         hybrid: bool = False,
         rerank: bool | str = False,
     ) -> list[list[Hit]]:
-        if k < 1:
-            raise KnowledgeBaseError(f"k must be at least 1, got {k}.")
+        """:meth:`search` for several queries at once (one embedding batch)."""
         if not all(isinstance(q, str) for q in queries):
             raise KnowledgeBaseError("Queries must be strings.")
-        if self.store.count() == 0:
+        return self._search(list(queries), None, k, filter, hybrid, rerank)
+
+    def search_by_vector(
+        self, vectors: np.ndarray, k: int = 10, filter: dict[str, Any] | None = None
+    ) -> list[list[Hit]]:
+        """Dense search with query vectors you embedded yourself (one row per query)."""
+        queries = [""] * len(vectors)
+        return self._search(queries, np.asarray(vectors, dtype=np.float32), k, filter)
+
+    def _search(
+        self,
+        queries: list[str],
+        vectors: np.ndarray | None,
+        k: int,
+        filter: dict[str, Any] | None,
+        hybrid: bool = False,
+        rerank: bool | str = False,
+    ) -> list[list[Hit]]:
+        if k < 1:
+            raise KnowledgeBaseError(f"k must be at least 1, got {k}.")
+        if self._ensure_index() is None:  # nothing indexed yet
             return [[] for _ in queries]
         allowed = self.store.ids_matching(filter) if filter else None
         if allowed is not None and not allowed:
             return [[] for _ in queries]
         depth = k * 4 if (hybrid or rerank) else k
-        vectors = self.embedder.encode(list(queries), progress=False)
+        if vectors is None:
+            vectors = self.embedder.encode(queries, progress=False)
         dense = self._dense(vectors, depth, allowed)
         results = []
-        for position, query in enumerate(queries):
-            ranked = dense[position]
+        for query, ranked in zip(queries, dense, strict=True):
             if hybrid:
                 ranked = _fuse([ranked, self._sparse(query, depth, allowed)])
-            chunks = self.store.fetch(i for i, _ in ranked)
+            rows = self.store.rows(i for i, _ in ranked)
             hits = [
-                Hit(
-                    chunks[i]["text"],
-                    float(s),
-                    chunks[i]["source"],
-                    chunks[i]["span"],
-                    chunks[i]["metadata"],
-                    i,
-                )
-                for i, s in ranked
-                if i in chunks
+                Hit(row[2], float(score), row[1], (row[3], row[4]), id=i, metadata_json=row[5])
+                for i, score in ranked
+                if (row := rows.get(i)) is not None
             ]
             if rerank:
                 hits = self._rerank(query, hits, rerank)

@@ -27,6 +27,8 @@ CREATE TABLE IF NOT EXISTS chunks (
 CREATE INDEX IF NOT EXISTS chunks_source ON chunks(source);
 CREATE INDEX IF NOT EXISTS chunks_hash ON chunks(text_hash);
 """
+ROW_CACHE_LIMIT = 100_000
+Row = tuple[int, str, str, int, int, str]
 OPERATORS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<=", "ne": "!="}
 
 
@@ -39,6 +41,7 @@ class DocStore:
 
     def __init__(self, path: Path | None = None) -> None:
         self.conn = sqlite3.connect(":memory:")
+        self._rows: dict[int, Row] = {}
         if path is not None:
             try:
                 source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
@@ -69,6 +72,7 @@ class DocStore:
         )
 
     def delete_sources(self, sources: Iterable[str]) -> int:
+        self._rows.clear()
         removed = 0
         for source in sources:
             removed += self.conn.execute("DELETE FROM chunks WHERE source = ?", (source,)).rowcount
@@ -96,6 +100,7 @@ class DocStore:
     def add_chunks(
         self, rows: list[tuple[int, str, str, int, int, str, dict[str, Any], np.ndarray]]
     ) -> None:
+        self._rows.clear()
         self.conn.executemany(
             "INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [
@@ -122,24 +127,44 @@ class DocStore:
         rows = self.conn.execute("SELECT id, text FROM chunks ORDER BY id").fetchall()
         return [r[0] for r in rows], [r[1] for r in rows]
 
-    def fetch(self, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
-        wanted = [int(i) for i in ids]
-        out: dict[int, dict[str, Any]] = {}
-        for start in range(0, len(wanted), 500):
-            part = wanted[start : start + 500]
+    def rows(self, ids: Iterable[int]) -> dict[int, Row]:
+        """Raw chunk rows ``(id, source, text, start, end, metadata_json)`` by id.
+
+        Rows are kept in a bounded in-process cache (cleared on every write), so hot chunks cost
+        a dictionary lookup instead of a SQL round trip; metadata is parsed only when read.
+        """
+        out: dict[int, Row] = {}
+        missing = []
+        for chunk_id in ids:
+            row = self._rows.get(int(chunk_id))
+            if row is None:
+                missing.append(int(chunk_id))
+            else:
+                out[row[0]] = row
+        for start in range(0, len(missing), 500):
+            part = missing[start : start + 500]
             marks = ",".join("?" * len(part))
-            for cid, source, text, a, b, meta in self.conn.execute(
+            for row in self.conn.execute(
                 f"SELECT id, source, text, start, end, metadata FROM chunks WHERE id IN ({marks})",
                 part,
             ):
-                out[cid] = {
-                    "id": cid,
-                    "source": source,
-                    "text": text,
-                    "span": (a, b),
-                    "metadata": json.loads(meta),
-                }
+                out[row[0]] = row
+                if len(self._rows) < ROW_CACHE_LIMIT:
+                    self._rows[row[0]] = row
         return out
+
+    def fetch(self, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+        """Chunks by id as dicts with parsed metadata."""
+        return {
+            cid: {
+                "id": cid,
+                "source": source,
+                "text": text,
+                "span": (a, b),
+                "metadata": json.loads(meta),
+            }
+            for cid, (_, source, text, a, b, meta) in self.rows(ids).items()
+        }
 
     def ids_matching(self, where: dict[str, Any]) -> list[int]:
         """Chunk ids whose metadata match every condition (SQL, before any vector search).
@@ -171,6 +196,7 @@ class DocStore:
         return [r[0] for r in self.conn.execute(sql, args)]
 
     def delete_ids(self, ids: Iterable[int]) -> int:
+        self._rows.clear()
         wanted = [int(i) for i in ids]
         removed = 0
         for start in range(0, len(wanted), 500):
