@@ -458,7 +458,12 @@ def _mrr(batch: RetrievalBatch) -> np.ndarray:
 def _ndcg(batch: RetrievalBatch) -> np.ndarray:
     values = []
     for retrieved, relevant in zip(batch.retrieved, batch.relevant, strict=True):
-        dcg = sum(1.0 / np.log2(i + 2) for i, r in enumerate(retrieved[: batch.k]) if r in relevant)
+        seen: set[Any] = set()
+        dcg = 0.0
+        for i, r in enumerate(retrieved[: batch.k]):
+            if r in relevant and r not in seen:  # a relevant item counts once, at its best rank
+                dcg += 1.0 / np.log2(i + 2)
+                seen.add(r)
         ideal = sum(1.0 / np.log2(i + 2) for i in range(min(len(relevant), batch.k)))
         values.append(dcg / ideal if ideal else 0.0)
     return np.array(values)

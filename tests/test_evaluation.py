@@ -101,6 +101,8 @@ def test_retrieval_metrics_hand_computed():
     ndcg_second = (1 + 1 / np.log2(4)) / (1 + 1 / np.log2(3))
     assert metrics.get("ndcg_at_k").compute(batch) == pytest.approx(
         (ndcg_first + ndcg_second) / 3)
+    repeated = RetrievalBatch([["b", "b", "b"]], [{"b"}], k=3)  # chunks of one passage
+    assert metrics.get("ndcg_at_k").compute(repeated) == pytest.approx(1.0)
 
 
 def test_interval_coverage_is_nominal():
