@@ -97,7 +97,7 @@ class PromptAdapter(Adapter):
         template = self.task.template_obj
         separator = str(template.few_shot.get("separator", "\n\n"))
         bodies = render_inputs(
-            self.task, records, self._tokenizer, self.config.max_length, reserve=self._demo_budget()
+            self.task, records, self._tokenizer, self._input_budget(), reserve=self._demo_budget()
         )
         texts = []
         for index, (record, body) in enumerate(zip(records, bodies, strict=True)):
@@ -107,6 +107,18 @@ class PromptAdapter(Adapter):
             ]
             texts.append(self._wrap_chat(separator.join([*demos, body])))
         return texts
+
+    def _input_budget(self) -> int:
+        """Most prompt tokens the model accepts, leaving room for the generated answer."""
+        config = self._model.config
+        limit = getattr(config, "max_position_embeddings", None) or getattr(
+            config, "n_positions", None
+        )
+        budget = self.config.max_length
+        if isinstance(limit, int) and self._head == "causal_lm":
+            reserve = self.config.max_new_tokens if self.task.kind == "generation" else 16
+            budget = min(budget, limit - reserve)
+        return max(budget, 8)
 
     def _demo_budget(self) -> int:
         return min(self.config.max_length // 2, 48 * self.config.shots)
@@ -192,8 +204,9 @@ class PromptAdapter(Adapter):
         import torch
 
         continuations = self._continuations()
-        prompt_ids = [
-            self._tokenizer(p, add_special_tokens=not self._uses_chat())["input_ids"]
+        budget = self._input_budget()
+        prompt_ids = [  # an over-long prompt keeps its end: the answer slot must stay
+            self._tokenizer(p, add_special_tokens=not self._uses_chat())["input_ids"][-budget:]
             for p in prompts
         ]
         order = length_sorted(prompt_ids, len)
@@ -308,6 +321,8 @@ class PromptAdapter(Adapter):
         texts: list[str] = [""] * len(prompts)
         side = tokenizer.padding_side
         tokenizer.padding_side = "left" if self._head == "causal_lm" else "right"
+        truncation_side = tokenizer.truncation_side
+        tokenizer.truncation_side = "left"  # keep the end of an over-long prompt
         try:
             with torch.inference_mode():
                 for start in range(0, len(order), self.config.batch_size):
@@ -316,6 +331,8 @@ class PromptAdapter(Adapter):
                         [prompts[i] for i in indices],
                         return_tensors="pt",
                         padding=True,
+                        truncation=True,
+                        max_length=self._input_budget(),
                         add_special_tokens=not self._uses_chat(),
                     )
                     kwargs: dict[str, Any] = {
@@ -337,6 +354,7 @@ class PromptAdapter(Adapter):
                         texts[i] = _cut(text, self.config.stop)
         finally:
             tokenizer.padding_side = side
+            tokenizer.truncation_side = truncation_side
         return [Prediction(text=t) for t in texts]
 
     # ---- persistence --------------------------------------------------------------------------
