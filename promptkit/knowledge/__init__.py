@@ -1,8 +1,9 @@
 """Knowledge bases: load documents, chunk, embed, index in FAISS, search with filters."""
 
-from promptkit.knowledge.base import Hit, KnowledgeBase, UpdateStats
+from promptkit.knowledge.base import KnowledgeBase, UpdateStats
 from promptkit.knowledge.chunking import Chunk, ChunkingConfig, chunk_text
 from promptkit.knowledge.loaders import Document, loaders, scan_folder
+from promptkit.knowledge.ranking import Hit
 
 __all__ = [
     "Chunk",

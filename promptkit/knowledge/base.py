@@ -29,55 +29,16 @@ from promptkit.knowledge.index import (
     search_params,
 )
 from promptkit.knowledge.loaders import Document, scan_folder
+from promptkit.knowledge.ranking import (
+    DEFAULT_RERANKER,
+    BM25Ranker,
+    CrossEncoderReranker,
+    Hit,
+    fuse,
+)
 from promptkit.knowledge.store import DocStore, text_hash
 
 KIND = "knowledge_base"
-RRF_K = 60
-
-
-class Hit:
-    """A retrieved chunk: its text, score, source document, character span and metadata.
-
-    ``metadata`` is parsed from the docstore's JSON the first time it is read.
-    """
-
-    __slots__ = ("_metadata", "_metadata_json", "id", "score", "source", "span", "text")
-
-    def __init__(
-        self,
-        text: str,
-        score: float,
-        source: str,
-        span: tuple[int, int],
-        metadata: dict[str, Any] | None = None,
-        id: int = 0,
-        metadata_json: str | None = None,
-    ) -> None:
-        self.text, self.score, self.source, self.span, self.id = text, score, source, span, id
-        self._metadata = metadata
-        self._metadata_json = metadata_json
-
-    @property
-    def metadata(self) -> dict[str, Any]:
-        if self._metadata is None:
-            self._metadata = json.loads(self._metadata_json or "{}")
-        return self._metadata
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "text": self.text,
-            "score": self.score,
-            "source": self.source,
-            "span": list(self.span),
-            "metadata": self.metadata,
-        }
-
-    def __repr__(self) -> str:
-        return (
-            f"Hit(score={self.score:.4f}, source={self.source!r}, span={self.span}, "
-            f"text={self.text[:60]!r})"
-        )
 
 
 @dataclass
@@ -122,8 +83,8 @@ class KnowledgeBase:
         self._index: Any = None
         self._index_kind = index if index != "auto" else "flat"
         self._exact: Any = None
-        self._bm25: tuple[Any, list[int]] | None = None
-        self._reranker: Any = None
+        self._bm25: BM25Ranker | None = None
+        self._reranker: CrossEncoderReranker | None = None
         self._loaded_stamp: str | None = None
 
     # ---- construction -------------------------------------------------------------------------
@@ -452,7 +413,7 @@ class KnowledgeBase:
         results = []
         for query, ranked in zip(queries, dense, strict=True):
             if hybrid:
-                ranked = _fuse([ranked, self._sparse(query, depth, allowed)])
+                ranked = fuse([ranked, self._sparse(query, depth, allowed)])
             rows = self.store.rows(i for i, _ in ranked)
             hits = [
                 Hit(row[2], float(score), row[1], (row[3], row[4]), id=i, metadata_json=row[5])
@@ -507,40 +468,15 @@ class KnowledgeBase:
         return self._exact
 
     def _sparse(self, query: str, k: int, allowed: list[int] | None) -> list[tuple[int, float]]:
-        import bm25s
-
-        if self._bm25 is None:
-            ids, texts = self.store.all_texts()
-            retriever = bm25s.BM25()
-            retriever.index(
-                bm25s.tokenize(texts, stopwords="en", show_progress=False), show_progress=False
-            )
-            self._bm25 = (retriever, ids)
-        retriever, ids = self._bm25
-        tokens = bm25s.tokenize([query], stopwords="en", return_ids=False, show_progress=False)[0]
-        if not tokens:
-            return []
-        scores = np.asarray(retriever.get_scores(tokens), dtype=np.float32)
-        if allowed is not None:
-            mask = np.isin(np.asarray(ids), np.asarray(allowed))
-            scores = np.where(mask, scores, -np.inf)
-        top = np.argsort(-scores)[:k]
-        return [(ids[i], float(scores[i])) for i in top if scores[i] > 0]
+        if self._bm25 is None:  # built on first hybrid query; dropped on every write
+            self._bm25 = BM25Ranker(*self.store.all_texts())
+        return self._bm25.top(query, k, allowed)
 
     def _rerank(self, query: str, hits: list[Hit], model: bool | str) -> list[Hit]:
-        from sentence_transformers import CrossEncoder
-
-        from promptkit import models
-
-        name = model if isinstance(model, str) else "cross-encoder/ms-marco-MiniLM-L6-v2"
-        if self._reranker is None or self._reranker[0] != name:
-            self._reranker = (name, CrossEncoder(models.resolve(name), num_labels=1))
-        if not hits:
-            return hits
-        scores = self._reranker[1].predict([(query, h.text) for h in hits], show_progress_bar=False)
-        for hit, score in zip(hits, scores, strict=True):
-            hit.score = float(score)
-        return sorted(hits, key=lambda h: -h.score)
+        name = model if isinstance(model, str) else DEFAULT_RERANKER
+        if self._reranker is None or self._reranker.name != name:
+            self._reranker = CrossEncoderReranker(name)
+        return self._reranker.rerank(query, hits)
 
     # ---- information --------------------------------------------------------------------------
 
@@ -562,12 +498,3 @@ class KnowledgeBase:
 
     def __repr__(self) -> str:
         return f"KnowledgeBase({json.dumps(self.stats(), default=str)})"
-
-
-def _fuse(rankings: list[list[tuple[int, float]]]) -> list[tuple[int, float]]:
-    """Reciprocal rank fusion (Cormack et al., 2009) with k = 60."""
-    scores: dict[int, float] = {}
-    for ranking in rankings:
-        for rank, (chunk_id, _) in enumerate(ranking):
-            scores[chunk_id] = scores.get(chunk_id, 0.0) + 1.0 / (RRF_K + rank + 1)
-    return sorted(scores.items(), key=lambda item: -item[1])
