@@ -25,8 +25,6 @@ def _qa() -> Any:
 def _trainable(name: str, lr: float, **extra: Any) -> list[tuple[str, Callable[[], Any], str]]:
     cases = []
     for model, task, data in [("bert", _cls, "cls"), ("gpt2", _qa, "gen"), ("t5", _qa, "gen")]:
-        if name == "prefix_tuning" and data == "cls":
-            continue  # no key/value cache in transformers 5 classifiers; see test below
         if name in ("prompt_tuning", "p_tuning") and data == "cls":
             # a frozen random 2-layer BERT gives near-identical [CLS] vectors for every input;
             # GPT-2's last-token state carries the signal a soft prompt can steer
@@ -93,9 +91,32 @@ def test_conformance(name: str, label: str, tmp_path) -> None:
         assert measured["train_loss"] < measured["initial_loss"]
 
 
-def test_prefix_tuning_on_a_classifier_says_why(tmp_path):
+def test_prefix_tuning_classifier_attends_to_its_prefix_and_ignores_padding():
+    import torch
+
+    adapter = pk.create_adapter("prefix_tuning", model=tiny_model("bert"), task=_cls(),
+                                num_virtual_tokens=4, **FAST)
+    adapter.fit(toy_classification(8))
+    rows = [{"text": "good"}, {"text": "a much longer review that forces the first to pad"}]
+    alone = adapter.predict(rows[:1])[0].scores
+    padded = adapter.predict(rows)[0].scores  # same batch as a longer input: padded
+    assert alone == pytest.approx(padded, abs=1e-5)
+    with torch.no_grad():  # the prefix reaches the attention: new prefixes, new scores
+        prompt = adapter.model_.prompt_encoder["default"].embedding.weight
+        prompt.copy_(torch.randn_like(prompt) * 3)
+    assert adapter.predict(rows[:1])[0].scores != pytest.approx(alone, abs=1e-4)
+
+
+def test_prefix_tuning_on_a_model_without_a_cache_says_why():
+    import torch
+
+    from promptkit.adapters.peft_methods import PrefixTuningAdapter
     from promptkit.errors import ConfigError
 
-    adapter = pk.create_adapter("prefix_tuning", model=tiny_model("bert"), task=_cls(), epochs=1)
+    class NoCache(torch.nn.Module):
+        def forward(self, input_ids, attention_mask=None):
+            return input_ids
+
+    adapter = pk.create_adapter("prefix_tuning", model=tiny_model("bert"), task=_cls())
     with pytest.raises(ConfigError, match="past_key_values.*p_tuning"):
-        adapter.fit(toy_classification(8))
+        PrefixTuningAdapter._peft_config(adapter, "SEQ_CLS", NoCache())

@@ -97,6 +97,11 @@ def test_rerank_with_a_cross_encoder(folder, tiny_bert):
     hits = kb.search("river", k=3, rerank=tiny_bert)
     assert len(hits) == 3
     assert hits == sorted(hits, key=lambda h: -h.score)
+    dense = [h.id for h in kb.search("river", k=3)]
+    narrow = kb.search("river", k=3, rerank=tiny_bert, candidates=3)  # reorders the dense top 3
+    assert sorted(h.id for h in narrow) == sorted(dense)
+    with pytest.raises(KnowledgeBaseError, match="candidates must be at least k"):
+        kb.search("river", k=3, rerank=True, candidates=2)
 
 
 def test_mismatched_embedder_and_corrupted_index(folder, tiny_bert, tmp_path):
@@ -195,3 +200,28 @@ def test_sigkill_during_save_keeps_previous(tiny_bert, tmp_path):
     process.wait()
     kb = pk.KnowledgeBase.load(tmp_path / "kb")
     assert [h.text for h in kb.search("version", k=5)] == ["first version"]
+
+
+def test_ivf_pq_refine_reorders_candidates_and_keeps_filters(tmp_path):
+    import faiss
+
+    from promptkit.knowledge.index import build_index, measure_recall, search_params
+
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(6000, 32)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = np.arange(6000, dtype=np.int64) * 7 + 3  # ids that differ from positions
+    recall = {}
+    for refine in (None, "sq8", "flat"):
+        index = build_index("ivf_pq", vectors, ids, {"nlist": 16, "m": 8, "refine": refine})
+        recall[refine] = measure_recall(index, vectors, k=10)
+        allowed = ids[::5]
+        params = search_params(index, faiss.IDSelectorBatch(allowed))
+        _, found = index.search(vectors[:20], 10, params=params)
+        assert set(found.ravel().tolist()) <= set(allowed.tolist())
+        faiss.write_index(index, str(tmp_path / "index.faiss"))
+        again = faiss.read_index(str(tmp_path / "index.faiss"))
+        assert (again.search(vectors[:5], 10)[1] == index.search(vectors[:5], 10)[1]).all()
+    assert recall["sq8"] > recall[None] + 0.1 and recall["flat"] > recall[None] + 0.1
+    with pytest.raises(KnowledgeBaseError, match="refine"):
+        build_index("ivf_pq", vectors, ids, {"nlist": 16, "m": 8, "refine": "pq"})

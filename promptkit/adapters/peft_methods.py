@@ -10,6 +10,7 @@ trained classification head) and a reference to the base model, and stays loadab
 from __future__ import annotations
 
 import json
+from abc import abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -27,8 +28,9 @@ _TASK_TYPES = {"seq_cls": "SEQ_CLS", "causal_lm": "CAUSAL_LM", "seq2seq_lm": "SE
 class PeftAdapter(FineTuneAdapter):
     """Shared PEFT plumbing: wrap the base model, save only adapter weights, reload onto base."""
 
+    @abstractmethod
     def _peft_config(self, task_type: str, model: Any) -> Any:
-        raise NotImplementedError  # every registered subclass overrides this
+        """The ``peft`` config for this method, for ``task_type`` and the wrapped ``model``."""
 
     def _wrap_model(self, model: Any) -> Any:
         from peft import get_peft_model
@@ -52,6 +54,11 @@ class PeftAdapter(FineTuneAdapter):
     def _load_model(self, directory: Path, manifest: dict[str, Any]) -> Any:
         from peft import PeftModel
 
+        self._check_base(directory)
+        base = self._base_model(self.config.model or "", pretrained=True)
+        return PeftModel.from_pretrained(base, str(directory))
+
+    def _check_base(self, directory: Path) -> None:
         reference = json.loads((directory / "base_model.json").read_text())
         current = _base_reference(self.config.model)
         if reference.get("sha256") and current.get("sha256") != reference["sha256"]:
@@ -60,8 +67,6 @@ class PeftAdapter(FineTuneAdapter):
                 f"adapter was trained on (weights sha256 {current.get('sha256')} vs "
                 f"{reference['sha256']}). Load it with the original base model."
             )
-        base = self._base_model(self.config.model or "", pretrained=True)
-        return PeftModel.from_pretrained(base, str(directory))
 
     def add_adapter(self, name: str, path: str | Path) -> None:
         """Load another saved adapter of the same kind onto this base model, under ``name``.
@@ -180,24 +185,37 @@ class PrefixTuningConfig(TrainingConfig):
 
 
 class PrefixTuningAdapter(PeftAdapter):
-    """Trained key/value prefixes in every attention layer."""
+    """Trained key/value prefixes in every attention layer.
+
+    Works for classification too: transformers 5 sequence classifiers no longer name
+    ``past_key_values`` in their forward, but they still pass a key/value cache through to the
+    backbone, so the classifier is given a forward that takes the prefixes as that cache.
+    """
 
     name = "prefix_tuning"
     Config: ClassVar[type[AdapterConfig]] = PrefixTuningConfig
     config: PrefixTuningConfig
 
-    def _peft_config(self, task_type: str, model: Any) -> Any:
-        import inspect
+    def _wrap_model(self, model: Any) -> Any:
+        return super()._wrap_model(_accept_prefix(model) if self.head_ == "seq_cls" else model)
 
+    def _load_model(self, directory: Path, manifest: dict[str, Any]) -> Any:
+        from peft import PeftModel
+
+        self._check_base(directory)
+        base = self._base_model(self.config.model or "", pretrained=True)
+        if self.head_ == "seq_cls":
+            base = _accept_prefix(base)
+        return PeftModel.from_pretrained(base, str(directory))
+
+    def _peft_config(self, task_type: str, model: Any) -> Any:
         from peft import PrefixTuningConfig as PeftPrefixTuningConfig
 
-        params = inspect.signature(model.forward).parameters
-        if task_type == "SEQ_CLS" and "past_key_values" not in params:
+        if task_type == "SEQ_CLS" and not _takes_prefix(model):
             raise ConfigError(
-                f"prefix_tuning needs a model whose forward takes past_key_values; "
-                f"{type(model).__name__} does not (in transformers 5, encoder and "
-                "sequence-classification models do not). Use it for generation with a causal or "
-                "seq2seq LM, or use p_tuning / prompt_tuning / lora for classification."
+                f"prefix_tuning needs a model whose forward takes past_key_values or passes a "
+                f"key/value cache to its backbone; {type(model).__name__} does neither. Use "
+                "p_tuning, prompt_tuning or lora for this model."
             )
 
         return PeftPrefixTuningConfig(
@@ -205,6 +223,65 @@ class PrefixTuningAdapter(PeftAdapter):
             num_virtual_tokens=self.config.num_virtual_tokens,
             prefix_projection=self.config.prefix_projection,
         )
+
+
+_PREFIX_CLASSES: dict[type, type] = {}
+
+
+def _parameters(module: Any) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(module.forward).parameters) if module is not None else set()
+
+
+def _backbone(model: Any) -> Any:
+    return getattr(model, getattr(model, "base_model_prefix", ""), None)
+
+
+def _takes_prefix(model: Any) -> bool:
+    """Whether PEFT can pass prefixes as ``past_key_values`` to the model or its backbone."""
+    return "past_key_values" in _parameters(model) | _parameters(_backbone(model))
+
+
+def _accept_prefix(model: Any) -> Any:
+    """Give a sequence classifier a forward that takes PEFT's prefixes as its key/value cache.
+
+    The prefixes enter each self-attention layer through ``Cache.update`` (concatenated before the
+    sequence's own keys and values); positions stay those of the unprefixed input. Classifiers
+    whose backbone takes no cache are returned unchanged (prefix_tuning then says so).
+    """
+    cls = type(model)
+    if _takes_prefix(model) or "cache" not in _parameters(_backbone(model)):
+        return model
+    if cls not in _PREFIX_CLASSES:
+
+        def forward(
+            self: Any,
+            input_ids: Any = None,
+            attention_mask: Any = None,
+            past_key_values: Any = None,
+            labels: Any = None,
+            **kwargs: Any,
+        ) -> Any:
+            import torch
+
+            dropped = ("return_dict", "output_attentions", "output_hidden_states")
+            kwargs = {k: v for k, v in kwargs.items() if v is not None and k not in dropped}
+            if past_key_values is not None and kwargs.get("position_ids") is None:
+                length = input_ids.shape[1]  # keep the pretrained positions: 0..length-1
+                kwargs["position_ids"] = torch.arange(length, device=input_ids.device)[None, :]
+            return cls.forward(
+                self,
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                labels=labels,
+                cache=past_key_values,
+                **kwargs,
+            )
+
+        _PREFIX_CLASSES[cls] = type(cls.__name__, (cls,), {"forward": forward})
+    model.__class__ = _PREFIX_CLASSES[cls]
+    return model
 
 
 class PTuningConfig(TrainingConfig):

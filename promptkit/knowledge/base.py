@@ -361,14 +361,17 @@ class KnowledgeBase:
         filter: dict[str, Any] | None = None,
         hybrid: bool = False,
         rerank: bool | str = False,
+        candidates: int | None = None,
     ) -> list[Hit]:
         """The ``k`` chunks most similar to ``query``.
 
         ``filter`` is applied before the vector search (FAISS ID selectors), so a selective
         filter still returns its matches. ``hybrid`` fuses BM25 with dense results by reciprocal
         rank fusion; ``rerank`` (True or a cross-encoder name) reorders the candidates.
+        ``candidates`` is how many chunks fusion and reranking start from (default ``4 * k``);
+        reranking costs one cross-encoder pass per candidate.
         """
-        return self.search_many([query], k, filter, hybrid, rerank)[0]
+        return self.search_many([query], k, filter, hybrid, rerank, candidates)[0]
 
     def search_many(
         self,
@@ -377,11 +380,12 @@ class KnowledgeBase:
         filter: dict[str, Any] | None = None,
         hybrid: bool = False,
         rerank: bool | str = False,
+        candidates: int | None = None,
     ) -> list[list[Hit]]:
         """:meth:`search` for several queries at once (one embedding batch)."""
         if not all(isinstance(q, str) for q in queries):
             raise KnowledgeBaseError("Queries must be strings.")
-        return self._search(list(queries), None, k, filter, hybrid, rerank)
+        return self._search(list(queries), None, k, filter, hybrid, rerank, candidates)
 
     def search_by_vector(
         self, vectors: np.ndarray, k: int = 10, filter: dict[str, Any] | None = None
@@ -398,15 +402,18 @@ class KnowledgeBase:
         filter: dict[str, Any] | None,
         hybrid: bool = False,
         rerank: bool | str = False,
+        candidates: int | None = None,
     ) -> list[list[Hit]]:
         if k < 1:
             raise KnowledgeBaseError(f"k must be at least 1, got {k}.")
+        if candidates is not None and candidates < k:
+            raise KnowledgeBaseError(f"candidates must be at least k ({k}), got {candidates}.")
         if self._ensure_index() is None:  # nothing indexed yet
             return [[] for _ in queries]
         allowed = self.store.ids_matching(filter) if filter else None
         if allowed is not None and not allowed:
             return [[] for _ in queries]
-        depth = k * 4 if (hybrid or rerank) else k
+        depth = (candidates or k * 4) if (hybrid or rerank) else k
         if vectors is None:
             vectors = self.embedder.encode(queries, progress=False)
         dense = self._dense(vectors, depth, allowed)

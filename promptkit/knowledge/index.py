@@ -64,7 +64,24 @@ def _ivf_pq(dim: int, n: int, params: dict[str, Any]) -> Any:
     quantizer = faiss.IndexFlatIP(dim)
     index = faiss.IndexIVFPQ(quantizer, dim, _nlist(n, params), m, bits, faiss.METRIC_INNER_PRODUCT)
     index.nprobe = int(params.get("nprobe", _nprobe(_nlist(n, params))))
-    return faiss.IndexIDMap2(index)
+    refine = params.get("refine")
+    if refine is None:
+        return faiss.IndexIDMap2(index)
+    # the PQ codes pick k * k_factor candidates; a finer copy of the vectors reorders them
+    if refine == "sq8":  # 8-bit scalar quantization: dim bytes per vector
+        finer = faiss.IndexScalarQuantizer(
+            dim, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
+        )
+    elif refine == "flat":  # the float32 vectors: 4 * dim bytes per vector, exact reordering
+        finer = faiss.IndexFlatIP(dim)
+    else:
+        raise KnowledgeBaseError(f"ivf_pq refine must be 'sq8' or 'flat', not {refine!r}.")
+    refined = faiss.IndexRefine(index, finer)
+    refined.k_factor = float(params.get("k_factor", 4))
+    refined.own_fields = refined.own_refine_index = True
+    index.this.disown()
+    finer.this.disown()
+    return faiss.IndexIDMap2(refined)
 
 
 index_types.register("flat", _flat)
@@ -83,7 +100,8 @@ def build_index(kind: str, vectors: np.ndarray, ids: np.ndarray, params: dict[st
     index = index_types.get(kind)(dim, n, params)
     inner = _faiss().downcast_index(index.index)
     if not inner.is_trained:
-        needed = getattr(inner, "nlist", 1) * (4 if kind == "ivf_pq" else 1)
+        ivf = _faiss().downcast_index(inner.base_index) if hasattr(inner, "base_index") else inner
+        needed = getattr(ivf, "nlist", 1) * (4 if kind == "ivf_pq" else 1)
         if n < max(needed, 256 if kind == "ivf_pq" else 1):
             raise KnowledgeBaseError(
                 f"Index type {kind!r} needs at least {max(needed, 256)} vectors to train, the "
@@ -99,6 +117,18 @@ def search_params(index: Any, selector: Any) -> Any:
     """Search parameters carrying an ID selector, of the right class for the index type."""
     faiss = _faiss()
     inner = faiss.downcast_index(index.index)
+    if isinstance(inner, faiss.IndexRefine):
+        # IndexRefine ignores a top-level selector, and the id map translates only that one, so
+        # the candidate stage gets the selector translated to internal ids by hand
+        translated = faiss.IDSelectorTranslated(index.id_map, selector)
+        base = faiss.SearchParametersIVF()
+        base.nprobe = faiss.downcast_index(inner.base_index).nprobe
+        base.sel = translated
+        params = faiss.IndexRefineSearchParameters()
+        params.k_factor = inner.k_factor
+        params.base_index_params = base
+        params.referenced = (base, translated, selector)  # SWIG keeps no references itself
+        return params
     if isinstance(inner, faiss.IndexHNSW):
         params = faiss.SearchParametersHNSW()
         params.efSearch = inner.hnsw.efSearch
@@ -108,6 +138,7 @@ def search_params(index: Any, selector: Any) -> Any:
     else:
         params = faiss.SearchParameters()
     params.sel = selector
+    params.referenced = selector
     return params
 
 
