@@ -68,6 +68,11 @@ def write_table(folder: Path) -> Path:
                 f"build {v['build_s']:.0f}s, {v['bytes_per_vector']:.0f} B/vector, recall@10 "
                 f"{v['recall_at_10_vs_exact']:.2f}, {v['queries_per_second']:.0f} q/s, "
                 f"{v['projected_gb_for_100M']:.1f} GB for 100M", "report", None)
+            for setting, point in v["nprobe_sweep"].items():
+                if str(setting) != str(v["default_nprobe"]):
+                    row(f"… same index, nprobe {setting}",
+                        f"recall@10 {point['recall_at_10']:.2f}, "
+                        f"{point['queries_per_second']:.0f} q/s", "report", None)
     text = "\n".join(lines) + "\n"
     if q := _load(folder, "quality"):
         text += (f"\nRotten Tomatoes test accuracy and macro-F1 on {q['test_examples']:,} test "
@@ -94,8 +99,25 @@ def write_table(folder: Path) -> Path:
                          f" | {m['recall@10']['value']:.3f} | {m['mrr']['value']:.3f} |\n")
     out = folder / "table.md"
     out.write_text(text)
+    if folder.resolve() == RESULTS.resolve():
+        include_in_readme(text)
     return out
 
 
+RESULTS = Path(__file__).resolve().parent / "results"
+README = Path(__file__).resolve().parent.parent / "README.md"
+START, END = "<!-- benchmarks/results/table.md -->", "<!-- end of table.md -->"
+
+
+def include_in_readme(table: str, readme: Path = README) -> None:
+    """Replace the README's copy of the table (between the two markers) with ``table``."""
+    text = readme.read_text()
+    if START not in text or END not in text:
+        raise SystemExit(f"{readme} has no {START} ... {END} block to fill")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(f"{head}{START}\n{table}{END}{tail}")
+
+
 if __name__ == "__main__":
-    write_table(Path(__file__).resolve().parent / "results")
+    write_table(RESULTS)

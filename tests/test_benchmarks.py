@@ -15,3 +15,16 @@ def test_benchmarks_smoke(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     for name in ("search", "build", "fit", "predict", "evaluator", "scale", "quality", "retrieval"):
         assert f"== {name}" in result.stdout
+
+
+def test_readme_holds_the_committed_benchmark_table(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from table import END, START, include_in_readme
+
+    readme = (ROOT / "README.md").read_text()
+    table = (ROOT / "benchmarks" / "results" / "table.md").read_text()
+    assert f"{START}\n{table}{END}" in readme  # make bench keeps them equal
+    copy = tmp_path / "README.md"
+    copy.write_text(f"intro\n{START}\nold\n{END}\noutro\n")
+    include_in_readme("| new |\n", copy)
+    assert copy.read_text() == f"intro\n{START}\n| new |\n{END}\noutro\n"

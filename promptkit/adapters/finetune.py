@@ -25,6 +25,7 @@ from promptkit.errors import ConfigError
 from promptkit.metrics import metrics
 
 Head = Literal["auto", "seq_cls", "causal_lm", "seq2seq_lm"]
+PROBE_ROWS = 16
 
 
 class TrainingConfig(AdapterConfig):
@@ -220,7 +221,9 @@ class FineTuneAdapter(Adapter):
         train = self._augmented(train)
         train_rows = self._encode(train, with_targets=True)
         eval_rows = self._encode(eval_data, with_targets=True) if eval_data else None
-        probe = train_rows[: min(len(train_rows), 64)]
+        # initial and final loss on one small fixed batch: a sanity check whose cost does not
+        # grow with the data (64 rows cost 5% of a 640-example MiniLM fit; 16 rows, about 1%)
+        probe = train_rows[:PROBE_ROWS]
         initial_loss = self._mean_loss(probe)
 
         scratch = run_dir is None
