@@ -16,6 +16,7 @@ candidates = {
     "ia3": pk.create_adapter("ia3", model=encoder(), task=task, **short),
     "p_tuning": pk.create_adapter("p_tuning", model=encoder(), task=task, **short),
     "prompt_tuning": pk.create_adapter("prompt_tuning", model=encoder(), task=task, **short),
+    "prefix_tuning": pk.create_adapter("prefix_tuning", model=encoder(), task=task, **short),
     "zero_shot": pk.create_adapter("prompt", model=causal_lm(), task=task),
     "knn": pk.create_adapter("retrieval", task=task, embedder=encoder(), top_k=10),
 }
@@ -28,7 +29,7 @@ for name, adapter in candidates.items():
     print(f"{name:14} accuracy {accuracy:.3f}  trainable {result.trainable_params:>10,}  "
           f"fit {result.fit_seconds:6.1f}s")
 
-# Prefix tuning needs a key/value cache, which generation models have:
+# Prefix tuning trains generation models too:
 qa = pk.Task.generation(template="closed_book_qa")
 prefix = pk.create_adapter("prefix_tuning", model=causal_lm(), task=qa, epochs=1, batch_size=8)
 prefix.fit([{"question": "What is the capital of France?", "answer": "Paris"}] * 8)

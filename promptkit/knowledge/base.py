@@ -423,7 +423,7 @@ class KnowledgeBase:
                 ranked = fuse([ranked, self._sparse(query, depth, allowed)])
             rows = self.store.rows(i for i, _ in ranked)
             hits = [
-                Hit(row[2], float(score), row[1], (row[3], row[4]), id=i, metadata_json=row[5])
+                Hit(row[2], score, row[1], (row[3], row[4]), None, i, row[5])
                 for i, score in ranked
                 if (row := rows.get(i)) is not None
             ]
@@ -452,9 +452,10 @@ class KnowledgeBase:
                 self._exact_index(), vectors[short], k, allowed
             )
             scores[short], ids[short] = exact_scores, exact_ids
+        # tolist() converts in C; iterating numpy scalars costs more than the search at batch 1
         return [
-            [(int(i), float(s)) for i, s in zip(row_ids, row_scores, strict=True) if i >= 0]
-            for row_ids, row_scores in zip(ids, scores, strict=True)
+            [(i, s) for i, s in zip(row_ids, row_scores, strict=True) if i >= 0]
+            for row_ids, row_scores in zip(ids.tolist(), scores.tolist(), strict=True)
         ]
 
     @staticmethod

@@ -135,12 +135,15 @@ class DocStore:
         """
         out: dict[int, Row] = {}
         missing = []
-        for chunk_id in ids:
-            row = self._rows.get(int(chunk_id))
+        cache = self._rows
+        for chunk_id in ids:  # numpy and Python integers hash alike
+            row = cache.get(chunk_id)
             if row is None:
                 missing.append(int(chunk_id))
             else:
                 out[row[0]] = row
+        if not missing:
+            return out
         for start in range(0, len(missing), 500):
             part = missing[start : start + 500]
             marks = ",".join("?" * len(part))
