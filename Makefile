@@ -32,7 +32,14 @@ test-fast: setup
 demo: setup
 	HF_HUB_OFFLINE=1 $(BIN)/promptkit run examples/configs/demo.yaml
 
-bench: setup
+# the peers the benchmarks compare against (LangChain's and LlamaIndex's FAISS stores)
+BENCH_STAMP := $(VENV)/.bench-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[bench]'
+	rm -f $(VENV)/.bench-*
+	touch $@
+
+bench: setup $(BENCH_STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/run.py
 
 lint: setup
