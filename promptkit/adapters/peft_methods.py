@@ -32,10 +32,15 @@ class PeftAdapter(FineTuneAdapter):
     def _peft_config(self, task_type: str, model: Any) -> Any:
         """The ``peft`` config for this method, for ``task_type`` and the wrapped ``model``."""
 
+    def _prepare_base(self, model: Any) -> Any:
+        """The base model as this method needs it, before wrapping or loading an adapter."""
+        return model
+
     def _wrap_model(self, model: Any) -> Any:
         from peft import get_peft_model
 
         task_type = _TASK_TYPES[self.head_ or "seq_cls"]
+        model = self._prepare_base(model)
         try:
             return get_peft_model(model, self._peft_config(task_type, model))
         except PromptkitError:
@@ -55,7 +60,7 @@ class PeftAdapter(FineTuneAdapter):
         from peft import PeftModel
 
         self._check_base(directory)
-        base = self._base_model(self.config.model or "", pretrained=True)
+        base = self._prepare_base(self._base_model(self.config.model or "", pretrained=True))
         return PeftModel.from_pretrained(base, str(directory))
 
     def _check_base(self, directory: Path) -> None:
@@ -196,17 +201,8 @@ class PrefixTuningAdapter(PeftAdapter):
     Config: ClassVar[type[AdapterConfig]] = PrefixTuningConfig
     config: PrefixTuningConfig
 
-    def _wrap_model(self, model: Any) -> Any:
-        return super()._wrap_model(_accept_prefix(model) if self.head_ == "seq_cls" else model)
-
-    def _load_model(self, directory: Path, manifest: dict[str, Any]) -> Any:
-        from peft import PeftModel
-
-        self._check_base(directory)
-        base = self._base_model(self.config.model or "", pretrained=True)
-        if self.head_ == "seq_cls":
-            base = _accept_prefix(base)
-        return PeftModel.from_pretrained(base, str(directory))
+    def _prepare_base(self, model: Any) -> Any:
+        return _accept_prefix(model) if self.head_ == "seq_cls" else model
 
     def _peft_config(self, task_type: str, model: Any) -> Any:
         from peft import PrefixTuningConfig as PeftPrefixTuningConfig

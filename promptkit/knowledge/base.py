@@ -26,7 +26,7 @@ from promptkit.knowledge.index import (
     choose_index_type,
     index_types,
     measure_recall,
-    search_params,
+    search_index,
 )
 from promptkit.knowledge.loaders import Document, scan_folder
 from promptkit.knowledge.ranking import (
@@ -443,31 +443,18 @@ class KnowledgeBase:
                 "embedder does not match this knowledge base."
             )
         k = min(k, index.ntotal if allowed is None else len(allowed))
-        scores, ids = self._search_index(index, vectors, k, allowed)
+        scores, ids = search_index(index, vectors, k, allowed)
         if self.resolved_index_type != "flat" and (ids < 0).any():
             # an approximate index may find fewer than k (few probed lists, duplicate vectors):
             # answer those queries exactly rather than return short lists
             short = np.where((ids < 0).any(1))[0]
-            exact_scores, exact_ids = self._search_index(
-                self._exact_index(), vectors[short], k, allowed
-            )
+            exact_scores, exact_ids = search_index(self._exact_index(), vectors[short], k, allowed)
             scores[short], ids[short] = exact_scores, exact_ids
         # tolist() converts in C; iterating numpy scalars costs more than the search at batch 1
         return [
             [(i, s) for i, s in zip(row_ids, row_scores, strict=True) if i >= 0]
             for row_ids, row_scores in zip(ids.tolist(), scores.tolist(), strict=True)
         ]
-
-    @staticmethod
-    def _search_index(
-        index: Any, vectors: np.ndarray, k: int, allowed: list[int] | None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        import faiss
-
-        if allowed is None:
-            return index.search(vectors, k)
-        selector = faiss.IDSelectorBatch(np.asarray(allowed, dtype=np.int64))
-        return index.search(vectors, k, params=search_params(index, selector))
 
     def _exact_index(self) -> Any:
         if self._exact is None:

@@ -113,6 +113,16 @@ def build_index(kind: str, vectors: np.ndarray, ids: np.ndarray, params: dict[st
     return index
 
 
+def search_index(
+    index: Any, vectors: np.ndarray, k: int, allowed: list[int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scores and ids of the ``k`` nearest vectors; with ``allowed``, only among those ids."""
+    if allowed is None:
+        return index.search(vectors, k)
+    selector = _faiss().IDSelectorBatch(np.asarray(allowed, dtype=np.int64))
+    return index.search(vectors, k, params=search_params(index, selector))
+
+
 def search_params(index: Any, selector: Any) -> Any:
     """Search parameters carrying an ID selector, of the right class for the index type."""
     faiss = _faiss()
