@@ -111,6 +111,38 @@ def write_artifact(
         raise
 
 
+@contextlib.contextmanager
+def write_files(
+    path: str | os.PathLike[str],
+    kind: str,
+    config: dict[str, Any] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> Iterator[Path]:
+    """Like :func:`write_artifact`, for a folder that also holds other things.
+
+    The files are written into a temporary sibling first; only when all of them are written are
+    they renamed one by one into ``path``, and the manifest (listing just them) last. Whatever
+    else lives in ``path`` (saved adapters, other reports) is left alone, and a failed write
+    leaves every earlier file as it was.
+    """
+    target = Path(path).expanduser().resolve()
+    with write_artifact(target.parent / f".{target.name}.files", kind, config, meta) as staging:
+        yield staging
+    staged = target.parent / f".{target.name}.files"
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        names = [p.name for p in staged.iterdir() if p.name != MANIFEST_NAME]
+        for name in names:
+            destination = target / name
+            if destination.is_dir():
+                shutil.rmtree(destination)
+            os.replace(staged / name, destination)
+        os.replace(staged / MANIFEST_NAME, target / MANIFEST_NAME)
+        _fsync_dir(target)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+
+
 def _swap_into_place(staging: Path, target: Path) -> None:
     if target.exists():
         backup = target.parent / f".{target.name}{_OLD_MARK}{uuid.uuid4().hex[:8]}"

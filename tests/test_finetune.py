@@ -73,10 +73,24 @@ def test_one_class_training_set_refused(tiny_bert, sentiment_task, toy_data):
 
 
 def test_from_scratch_model(tiny_bert, sentiment_task, toy_data):
-    adapter = pk.create_adapter("full", model=tiny_bert, task=sentiment_task, from_scratch=True,
-                                learning_rate=1e-3, **SETTINGS)
-    result = adapter.fit(toy_data)
+    import torch
+
+    def embeddings(adapter):
+        return adapter.model_.base_model.embeddings.word_embeddings.weight.detach().clone()
+
+    pretrained = pk.models.load_model(tiny_bert, "seq_cls")
+    # seed 5: the tiny checkpoint itself was initialised with seed 0
+    scratch = pk.create_adapter("full", model=tiny_bert, task=sentiment_task, from_scratch=True,
+                                learning_rate=1e-3, epochs=1, batch_size=8, seed=5)
+    kept = pk.create_adapter("full", model=tiny_bert, task=sentiment_task, learning_rate=1e-12,
+                             epochs=1, batch_size=8)
+    result = scratch.fit(toy_data)
+    kept.fit(toy_data)
+    reference = pretrained.base_model.embeddings.word_embeddings.weight
     assert result.trainable_params == result.total_params > 0
+    # the pretrained run barely moves from the checkpoint; the scratch run starts elsewhere
+    assert torch.allclose(embeddings(kept), reference, atol=1e-6)
+    assert (embeddings(scratch) - reference).abs().mean() > 1e-2
 
 
 def test_lora_saves_only_adapter_and_loads_with_plain_peft(tiny_bert, sentiment_task, toy_data,
@@ -104,11 +118,22 @@ def test_lora_merge_keeps_predictions(tiny_bert, sentiment_task, toy_data, tmp_p
     adapter = pk.create_adapter("lora", model=tiny_bert, task=sentiment_task, learning_rate=1e-2,
                                 **SETTINGS)
     adapter.fit(toy_data)
+    reference = scores(adapter, toy_data[:6])  # taken before anything is merged
     merged = adapter.merge()
     assert merged.name == "full"
-    assert scores(merged, toy_data[:6]) == pytest.approx(scores(adapter, toy_data[:6]), abs=1e-5)
+    assert scores(merged, toy_data[:6]) == pytest.approx(reference, abs=1e-5)
+    # the source adapter is untouched: still a LoRA model, same predictions, still saveable
+    assert type(adapter.model_).__name__.startswith("Peft")
+    assert scores(adapter, toy_data[:6]) == pytest.approx(reference, abs=1e-5)
+    adapter.save(tmp_path / "source")
+    assert pk.load_adapter(tmp_path / "source").name == "lora"
     merged.save(tmp_path / "merged")
     assert pk.load_adapter(tmp_path / "merged").name == "full"
+    # in place: no copy, and the spent source says so instead of predicting wrongly
+    in_place = adapter.merge(inplace=True)
+    assert scores(in_place, toy_data[:6]) == pytest.approx(reference, abs=1e-5)
+    with pytest.raises(pk.errors.NotFittedError):
+        adapter.predict(toy_data[:1])
 
 
 def test_several_adapters_on_one_base(tiny_bert, sentiment_task, toy_data, tmp_path):
@@ -130,7 +155,17 @@ def test_several_adapters_on_one_base(tiny_bert, sentiment_task, toy_data, tmp_p
 def test_ia3_and_dora_train(tiny_bert, sentiment_task, toy_data):
     dora = pk.create_adapter("lora", model=tiny_bert, task=sentiment_task, use_dora=True,
                              learning_rate=1e-2, **SETTINGS)
-    assert dora.fit(toy_data).trainable_params > 0
+    dora_result = dora.fit(toy_data)
+    assert dora_result.trainable_params > 0
+    assert any("lora_magnitude_vector" in n for n, _ in dora.model_.named_parameters())
+    ia3 = pk.create_adapter("ia3", model=tiny_bert, task=sentiment_task, learning_rate=1e-2,
+                            **SETTINGS)
+    ia3_result = ia3.fit(toy_data)
+    vectors = {n: p for n, p in ia3.model_.named_parameters() if "ia3_l" in n}
+    assert vectors and all(p.requires_grad for p in vectors.values())
+    # IA3 vectors start at 1; training must have moved them
+    assert any((p - 1).abs().max() > 1e-4 for p in vectors.values())
+    assert ia3_result.trainable_params < dora_result.trainable_params * 10
 
 
 RESUME_SCRIPT = textwrap.dedent("""

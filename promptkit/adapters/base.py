@@ -172,6 +172,11 @@ class Adapter(ABC):
             self._save(tmp)
         return Path(path)
 
+    def artifact_bytes(self) -> int:
+        """About how many bytes :meth:`save` would write, measured without writing anything."""
+        self._check_fitted()
+        return len(self.task.template_obj.source.encode("utf-8")) + self._state_bytes()
+
     @classmethod
     def load(cls, path: str | Path) -> Adapter:
         """Load an adapter saved by :meth:`save`, checking every file's hash first."""
@@ -207,6 +212,10 @@ class Adapter(ABC):
         return [records[i : i + step] for i in range(0, len(records), step)]
 
     # ---- hooks --------------------------------------------------------------------------------
+
+    def _state_bytes(self) -> int:
+        """Bytes of learned state ``_save`` writes; adapters that learn something override it."""
+        return 0
 
     @abstractmethod
     def _fit(

@@ -99,6 +99,13 @@ class FineTuneAdapter(Adapter):
     def _load_model(self, directory: Path, manifest: dict[str, Any]) -> Any:
         return self._base_model(str(directory / "model"), pretrained=True)
 
+    def _saved_tensors(self) -> dict[str, Any]:
+        """The tensors ``_save_model`` writes (every weight, for full fine-tuning)."""
+        return dict(self.model_.state_dict())
+
+    def _state_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self._saved_tensors().values())
+
     # ---- model construction -------------------------------------------------------------------
 
     def _resolve_head(self) -> str:

@@ -56,6 +56,11 @@ class PeftAdapter(FineTuneAdapter):
         self.model_.save_pretrained(directory)  # adapter_config.json + adapter_model.safetensors
         (directory / "base_model.json").write_text(json.dumps(_base_reference(self.config.model)))
 
+    def _saved_tensors(self) -> dict[str, Any]:
+        from peft import get_peft_model_state_dict
+
+        return dict(get_peft_model_state_dict(self.model_))
+
     def _load_model(self, directory: Path, manifest: dict[str, Any]) -> Any:
         from peft import PeftModel
 
@@ -98,8 +103,15 @@ class PeftAdapter(FineTuneAdapter):
             raise ConfigError(f"No adapter named {name!r}; loaded: {available}.")
         self.model_.set_adapter(name)
 
-    def merge(self) -> FullFineTune:
-        """Fold the adapter into the base weights; returns a ``full`` adapter (LoRA and IA3)."""
+    def merge(self, inplace: bool = False) -> FullFineTune:
+        """Fold the adapter into the base weights; returns a ``full`` adapter (LoRA and IA3).
+
+        By default the merge works on a copy of the model (one more model in memory) and this
+        adapter stays usable. ``inplace=True`` merges this adapter's own model instead: no copy,
+        but this adapter is then spent (it must be loaded or fitted again before use).
+        """
+        import copy
+
         self._check_fitted()
         if not hasattr(self.model_, "merge_and_unload"):
             raise ConfigError(f"{self.name} adapters cannot be merged into the base model.")
@@ -112,8 +124,11 @@ class PeftAdapter(FineTuneAdapter):
                 }
             )
         )
-        merged.model_ = self.model_.merge_and_unload()
+        source = self.model_ if inplace else copy.deepcopy(self.model_)
+        merged.model_ = source.merge_and_unload()
         merged.tokenizer_, merged.head_ = self.tokenizer_, self.head_
+        if inplace:
+            self.model_, self.fitted_ = None, False
         merged.fitted_, merged.fit_result_ = True, self.fit_result_
         return merged
 

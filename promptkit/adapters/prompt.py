@@ -359,6 +359,9 @@ class PromptAdapter(Adapter):
 
     # ---- persistence --------------------------------------------------------------------------
 
+    def _state_bytes(self) -> int:
+        return len(json.dumps(self.demonstrations_, default=str)) if self.demonstrations_ else 0
+
     def _save(self, directory: Path) -> None:
         state = {"prior": self.prior_}
         (directory / "prompt_state.json").write_text(json.dumps(state))

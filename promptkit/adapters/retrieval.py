@@ -200,6 +200,11 @@ class RetrievalAdapter(Adapter):
             )
         return predictions
 
+    def _state_bytes(self) -> int:
+        parts = [self.knowledge_, self.memory_]
+        size = sum(part.nbytes() for part in parts if part is not None)
+        return size + (self.base_.artifact_bytes() if self.base_ is not None else 0)
+
     def _save(self, directory: Path) -> None:
         if self.knowledge_ is not None:
             self.knowledge_.save(directory / "knowledge")

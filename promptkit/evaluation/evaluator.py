@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import resource
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -62,6 +61,7 @@ class AdapterResult:
     confusion: list[list[int]] | None = None
     predictions: list[dict[str, Any]] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
+    seed_metrics: list[dict[str, float]] = field(default_factory=list)  # one entry per seed
     batch: Any = None  # kept for paired tests; not serialized
 
 
@@ -398,14 +398,9 @@ def _costs(adapter: Adapter, n: int, seconds: float) -> dict[str, Any]:
         "predict_examples_per_second": round(n / max(seconds, 1e-9), 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
-    try:
-        from promptkit.artifacts import artifact_size
-
-        with tempfile.TemporaryDirectory() as folder:
-            adapter.save(f"{folder}/artifact")
-            costs["artifact_mb"] = round(artifact_size(f"{folder}/artifact") / 2**20, 2)
-    except Exception:  # an adapter that cannot be saved still gets its other costs
-        costs["artifact_mb"] = None
+    # measured from the adapter's state: saving a copy of a 10 GB knowledge base to read its size
+    # would cost more than the evaluation
+    costs["artifact_mb"] = round(adapter.artifact_bytes() / 2**20, 2)
     return costs
 
 

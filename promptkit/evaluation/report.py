@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from promptkit.artifacts import write_artifact
+from promptkit.artifacts import write_files
 from promptkit.data import write_jsonl
 
 if TYPE_CHECKING:
@@ -100,6 +99,27 @@ class Report:
                     if interval is None
                     else f"{interval.value:.3f} [{interval.low:.3f}, {interval.high:.3f}]"
                 )
+            rows.append(row)
+        return rows
+
+    def seed_count(self) -> int:
+        return max((len(r.seed_metrics) for r in self.results), default=0)
+
+    def seed_rows(self) -> list[list[str]]:
+        """Per adapter, each metric's mean ± standard deviation over training seeds (min–max)."""
+        if self.seed_count() < 2:
+            return []
+        rows = []
+        for result in self.results:
+            row = [result.name]
+            for name in self.metric_names:
+                values = [m[name] for m in result.seed_metrics if name in m]
+                if len(values) < 2:
+                    row.append("–")
+                    continue
+                mean = sum(values) / len(values)
+                sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+                row.append(f"{mean:.3f} ± {sd:.3f} ({min(values):.3f}–{max(values):.3f})")
             rows.append(row)
         return rows
 
@@ -278,76 +298,48 @@ class Report:
             plots.append(("F1 per class", _png(fig)))
         return plots
 
-    def html(self) -> str:
-        esc = html.escape
-        level = round((1 - self.alpha) * 100)
-
-        def table(header: list[str], rows: list[list[str]]) -> str:
-            head = "".join(f"<th>{esc(h)}</th>" for h in header)
-            body = "".join(
-                "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows
-            )
-            return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-        parts = [f"<h1>{esc(self.title)}</h1>"]
-        parts += [f"<p class='note'>{esc(n)}</p>" for n in self.notes]
-        parts.append(f"<h2>Metrics ({level}% bootstrap intervals)</h2>")
-        parts.append(table(["adapter", *self.metric_names], self.metric_rows()))
-        for caption, image in self._plots():
-            parts.append(
-                f"<figure><img alt='{esc(caption)}' src='data:image/png;base64,{image}'>"
-                f"<figcaption>{esc(caption)}</figcaption></figure>"
-            )
+    def section(self) -> dict[str, Any]:
+        """What the HTML page shows for this report, as plain values for the page template."""
+        test_header = ["a", "b", "metric", "a − b", "p", "test", "significant"]
+        primary = self.metric_names[0] if self.metric_names else ""
         costs = self.cost_columns()
-        if costs:
-            parts.append("<h2>Costs</h2>")
-            parts.append(
-                table(
-                    ["adapter", *[c for _, c in costs]],
-                    [[r.name, *[_fmt(r.costs.get(k)) for k, _ in costs]] for r in self.results],
-                )
-            )
-        if self.comparisons:
-            header = ["a", "b", "metric", "a − b", "p", "test", "significant"]
+        return {
+            "title": self.title,
+            "notes": self.notes,
+            "level": round((1 - self.alpha) * 100),
+            "alpha": self.alpha,
+            "metric_header": ["adapter", *self.metric_names],
+            "metric_rows": self.metric_rows(),
+            "seed_header": ["adapter", *self.metric_names],
+            "seed_rows": self.seed_rows(),
+            "seed_count": self.seed_count(),
+            "plots": self._plots(),
+            "cost_header": ["adapter", *[label for _, label in costs]],
+            "cost_rows": [
+                [r.name, *[_fmt(r.costs.get(k)) for k, _ in costs]] for r in self.results
+            ]
+            if costs
+            else [],
+            "primary_metric": primary,
+            "test_header": test_header,
+            "primary_tests": [c.cells() for c in self.comparisons if c.metric == primary],
+            "other_tests": [c.cells() for c in self.comparisons if c.metric != primary],
+            "reproducibility": json.dumps(self.reproducibility, indent=2, default=str),
+        }
 
-            def rows(items: list[Comparison]) -> list[list[str]]:
-                return [c.cells() for c in items]
-
-            primary = [c for c in self.comparisons if c.metric == self.metric_names[0]]
-            parts.append(
-                f"<h2>Paired tests on {esc(self.metric_names[0])} (alpha {self.alpha}, "
-                "uncorrected)</h2>"
-            )
-            parts.append(table(header, rows(primary)))
-            others = [c for c in self.comparisons if c.metric != self.metric_names[0]]
-            if others:
-                parts.append(
-                    f"<details><summary>Paired tests on the other metrics ({len(others)})"
-                    f"</summary>{table(header, rows(others))}</details>"
-                )
-        parts.append(
-            "<h2>Reproducibility</h2><pre>"
-            + esc(json.dumps(self.reproducibility, indent=2, default=str))
-            + "</pre>"
-        )
-        style = (
-            "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;"
-            "padding:0 1em;color:#222}table{border-collapse:collapse;margin:1em 0;"
-            "font-size:14px}th,td{border:1px solid #ccc;padding:4px 8px;text-align:left}"
-            "th{background:#f3f3f3}figure{display:inline-block;margin:1em}"
-            "img{max-width:100%}pre{background:#f6f6f6;padding:1em;overflow:auto;"
-            "font-size:12px}.note{background:#fff8e0;padding:.5em 1em}"
-        )
-        return (
-            f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{esc(self.title)}"
-            f"</title><style>{style}</style></head><body>{''.join(parts)}</body></html>"
-        )
+    def html(self) -> str:
+        """One self-contained HTML page (plots inlined as PNG)."""
+        return render_page(self.title, self.notes, [self.section()], combined=False)
 
     # ---- saving -------------------------------------------------------------------------------
 
     def save(self, path: str | Path) -> Path:
-        """Write report.json, report.md, report.html and predictions.jsonl (atomically)."""
-        with write_artifact(
+        """Write report.json, report.md, report.html and predictions.jsonl into ``path``.
+
+        Other files and folders there (saved adapters, other reports) are kept. The new files are
+        written aside first, so a failed write (a full disk) leaves every earlier file as it was.
+        """
+        with write_files(
             path,
             kind="report",
             config={"title": self.title},
@@ -361,6 +353,21 @@ class Report:
                 ({"adapter": r.name, **row} for r in self.results for row in r.predictions),
             )
         return Path(path)
+
+
+def render_page(
+    title: str, notes: list[str], sections: list[dict[str, Any]], combined: bool
+) -> str:
+    """Render the report page template; every value is escaped by jinja2's autoescape."""
+    import jinja2
+
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(Path(__file__).parent)),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    page = environment.get_template("report.html.j2")
+    return page.render(title=title, notes=notes, sections=sections, combined=combined)
 
 
 def _png(fig: Any) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from promptkit.artifacts import read_manifest, write_artifact
+from promptkit.artifacts import artifact_size, read_manifest, write_artifact
 from promptkit.config import validate
 from promptkit.errors import KnowledgeBaseError
 from promptkit.knowledge.chunking import ChunkingConfig, chunk_text
@@ -110,6 +110,7 @@ class KnowledgeBase:
         kb._ensure_index()  # built (and, if approximate, its recall measured) now
         if path is not None:
             kb.save(path)
+            kb.path = Path(path)  # built at a path: later updates go there
         return kb
 
     @classmethod
@@ -261,7 +262,7 @@ class KnowledgeBase:
             if manifest.get("created", "") + str(manifest["files"]) != self._loaded_stamp:
                 self._read(self.path, manifest)  # another writer saved since we loaded
             result = change()
-            self._write(self.path)
+            self._loaded_stamp = self._write(self.path)
         return result
 
     def update(self) -> UpdateStats:
@@ -287,19 +288,32 @@ class KnowledgeBase:
         return self._transaction(change)
 
     def save(self, path: str | Path | None = None) -> Path:
-        """Write the knowledge base as an artifact directory (atomically, under a file lock)."""
+        """Write the knowledge base as an artifact directory (atomically, under a file lock).
+
+        Saving is pure: the object is unchanged, and keeps working on the directory it was loaded
+        from (or built at). To work on the copy, ``KnowledgeBase.load(path)``.
+        """
         target = Path(path) if path is not None else self.path
         if target is None:
-            raise KnowledgeBaseError("save() needs a path the first time.")
+            raise KnowledgeBaseError("save() needs a path: this knowledge base lives in memory.")
         from filelock import FileLock
 
         target.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(target) + ".lock"):
-            self._write(target)
-        self.path = target
+            stamp = self._write(target)
+        if self.path is not None and target.resolve() == self.path.resolve():
+            self._loaded_stamp = stamp
         return target
 
-    def _write(self, target: Path) -> None:
+    def nbytes(self) -> int:
+        """Bytes this knowledge base takes as an artifact, measured without writing a copy."""
+        if self.path is not None and self._loaded_stamp is not None:
+            return artifact_size(self.path)
+        vectors = self.store.count() * (self.dimension or 0) * 4
+        return vectors * 2 + self.store.text_bytes()  # docstore copy + index + the texts
+
+    def _write(self, target: Path) -> str:
+        """Write an artifact at ``target``; returns its stamp (creation time + file table)."""
         import faiss
 
         index = self._ensure_index()
@@ -324,9 +338,8 @@ class KnowledgeBase:
             self.store.save(staging / "docstore.sqlite")
             if index is not None:
                 faiss.write_index(index, str(staging / "index.faiss"))
-        self._loaded_stamp = None
         manifest = read_manifest(target, verify=False)
-        self._loaded_stamp = manifest.get("created", "") + str(manifest["files"])
+        return str(manifest.get("created", "")) + str(manifest["files"])
 
     # ---- index --------------------------------------------------------------------------------
 

@@ -112,6 +112,11 @@ class DocStore:
     def count(self) -> int:
         return int(self.conn.execute("SELECT count(*) FROM chunks").fetchone()[0])
 
+    def text_bytes(self) -> int:
+        """Bytes of chunk text and metadata (a size estimate that reads no vectors)."""
+        row = self.conn.execute("SELECT SUM(LENGTH(text) + LENGTH(metadata)) FROM chunks").fetchone()
+        return int(row[0] or 0)
+
     def document_count(self) -> int:
         return int(self.conn.execute("SELECT count(*) FROM documents").fetchone()[0])
 
