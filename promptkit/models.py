@@ -23,7 +23,7 @@ from promptkit.registry import Registry
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-Head = Literal["seq_cls", "causal_lm", "seq2seq_lm", "base"]
+Head = Literal["causal_lm", "seq2seq_lm"]
 
 
 @dataclass(frozen=True)
@@ -193,31 +193,28 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
 
 
 def load_model(
-    name: str, head: Head, num_labels: int | None = None, id2label: dict[int, str] | None = None
+    name: str,
+    auto_class: str = "AutoModel",
+    dtype: str = "auto",
+    device: str | None = None,
+    **settings: Any,
 ) -> PreTrainedModel:
-    """Load weights for ``head``; a sequence-classification head is created fresh if absent."""
-    import torch
+    """Load weights through ``transformers.<auto_class>`` in ``dtype`` (float32 for "auto"),
+    moved to ``device`` if given. ``settings`` go to ``from_pretrained`` (e.g. ``num_labels``);
+    a classification head the checkpoint lacks is created fresh."""
     import transformers
 
+    from promptkit.devices import resolve_device, resolve_dtype
+
     path = resolve(name)
-    classes = {
-        "seq_cls": transformers.AutoModelForSequenceClassification,
-        "causal_lm": transformers.AutoModelForCausalLM,
-        "seq2seq_lm": transformers.AutoModelForSeq2SeqLM,
-        "base": transformers.AutoModel,
-    }
-    kwargs: dict[str, Any] = {"dtype": torch.float32}
-    if head == "seq_cls":
-        labels = id2label or {i: str(i) for i in range(num_labels or 2)}
-        kwargs.update(
-            num_labels=len(labels), id2label=labels, label2id={v: k for k, v in labels.items()}
-        )
     try:
         with _quiet_transformers():  # a fresh classification head is expected, not news
-            model = classes[head].from_pretrained(path, **kwargs)
+            model = getattr(transformers, auto_class).from_pretrained(
+                path, dtype=resolve_dtype(dtype), **settings
+            )
     except OSError as exc:
         raise ModelNotAvailableError(f"Could not load model {name!r} from {path}: {exc}") from exc
-    return model
+    return model.to(resolve_device(device)) if device is not None else model
 
 
 @contextlib.contextmanager

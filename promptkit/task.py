@@ -16,6 +16,9 @@ from promptkit.errors import DataError
 from promptkit.templates import Template, load_template
 
 
+DEFAULT_TEMPLATES = {"classification": "classify", "generation": "generate"}
+
+
 class Task(BaseModel):
     """A task: its kind, its fields, and the template that formats an example for the model.
 
@@ -30,7 +33,11 @@ class Task(BaseModel):
     text_fields: list[str] = Field(default_factory=list, description="Input fields of an example.")
     label_field: str = Field("label", description="Field holding the label (classification).")
     target_field: str = Field("answer", description="Field holding the reference output.")
-    template: str = Field("", description="Template name or path to a .j2 file.")
+    template: str = Field(
+        "",
+        description="Template name or path to a .j2 file. Unset: a classification head reads the "
+        "text fields alone; models that read prompts get 'classify' or 'generate'.",
+    )
     template_dirs: list[str] = Field(default_factory=list, description="Extra template folders.")
 
     @field_validator("labels")
@@ -70,7 +77,7 @@ class Task(BaseModel):
             labels=list(labels),
             text_fields=text_fields,
             label_field=label_field,
-            template=template or "classify",
+            template=template or "",
             template_dirs=list(template_dirs),
         )
 
@@ -87,7 +94,7 @@ class Task(BaseModel):
             kind="generation",
             text_fields=prompt_fields,
             target_field=target_field,
-            template=template or "generate",
+            template=template or "",
             template_dirs=list(template_dirs),
         )
 
@@ -96,7 +103,8 @@ class Task(BaseModel):
         if isinstance(text_fields, str):
             text_fields = [text_fields]
         if text_fields is None:  # default: the fields the template reads
-            text_fields = load_template(kwargs["template"], kwargs["template_dirs"]).required_fields
+            name = kwargs["template"] or DEFAULT_TEMPLATES[kwargs["kind"]]
+            text_fields = load_template(name, kwargs["template_dirs"]).required_fields
         return validate(cls, {"text_fields": list(text_fields), **kwargs}, "Task")
 
     @classmethod
@@ -107,7 +115,12 @@ class Task(BaseModel):
 
     @cached_property
     def template_obj(self) -> Template:
-        return load_template(self.template, self.template_dirs)
+        return load_template(self.template or DEFAULT_TEMPLATES[self.kind], self.template_dirs)
+
+    @property
+    def template_named(self) -> bool:
+        """Whether a template was chosen; if not, classification heads read the text alone."""
+        return bool(self.template)
 
     @property
     def fingerprint(self) -> str:

@@ -21,11 +21,17 @@ error, and reaching for Python internals (``''.__class__``, ``lipsum.__globals__
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import ctypes
 import hashlib
+import math
 import os
 import re
+import threading
+import time
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +50,7 @@ HEADER_KEYS = {
     "description",
     "fields",
     "truncate",
+    "drop",
     "verbalizer",
     "few_shot",
     "version",
@@ -73,8 +80,113 @@ def search_path(extra: Iterable[str | os.PathLike[str]] = ()) -> list[Path]:
     return paths
 
 
+DEFAULT_MAX_OUTPUT_CHARS = 1_000_000
+DEFAULT_TIMEOUT = 5.0
+_OUTPUT_LIMIT: contextvars.ContextVar[int] = contextvars.ContextVar(
+    "promptkit_output_limit", default=DEFAULT_MAX_OUTPUT_CHARS
+)
+
+
+class _OutputTooLarge(Exception):
+    """A template built a value or an output past ``max_output_chars``."""
+
+
+class _RenderTimeout(BaseException):
+    """Raised inside a rendering thread that ran past its deadline (a BaseException, so a
+    template's own error handling cannot swallow it)."""
+
+
+class _Watchdog:
+    """One daemon thread that stops renders running past their deadline.
+
+    A render registers its thread and deadline; if it is still registered when the deadline
+    passes, the watchdog raises :class:`_RenderTimeout` in that thread (jinja2 runs as Python
+    bytecode, so the exception lands at the next instruction).
+    """
+
+    def __init__(self) -> None:
+        self.deadlines: dict[int, float] = {}
+        self.fired: set[int] = set()
+        self.lock = threading.Condition()
+        self.thread: threading.Thread | None = None
+
+    def watch(self, seconds: float) -> int:
+        ident = threading.get_ident()
+        with self.lock:
+            self.deadlines[ident] = time.monotonic() + seconds
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(
+                    target=self._run, daemon=True, name="promptkit-render-watchdog"
+                )
+                self.thread.start()
+            self.lock.notify()
+        return ident
+
+    def release(self, ident: int) -> None:
+        with self.lock:
+            self.deadlines.pop(ident, None)
+            if ident in self.fired:  # fired as the render ended: drop it if not yet delivered
+                self.fired.discard(ident)
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), None)
+
+    def _run(self) -> None:
+        with self.lock:
+            while True:
+                now = time.monotonic()
+                for ident, deadline in list(self.deadlines.items()):
+                    if deadline <= now:
+                        del self.deadlines[ident]
+                        self.fired.add(ident)
+                        ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                            ctypes.c_ulong(ident), ctypes.py_object(_RenderTimeout)
+                        )
+                soonest = min(self.deadlines.values(), default=now + 60)
+                self.lock.wait(timeout=max(soonest - now, 0.001))
+
+
+_WATCHDOG = _Watchdog()
+
+
+@contextlib.contextmanager
+def render_limits(max_output_chars: int, timeout: float) -> Iterator[None]:
+    """Bound what a render may build (characters) and how long it may run (seconds)."""
+    token = _OUTPUT_LIMIT.set(max_output_chars)
+    ident = _WATCHDOG.watch(timeout)
+    try:
+        yield
+    finally:
+        _WATCHDOG.release(ident)
+        _OUTPUT_LIMIT.reset(token)
+
+
+def _sized(value: Any) -> int | None:
+    return len(value) if isinstance(value, (str, bytes, list, tuple)) else None
+
+
 class _Environment(jinja2.sandbox.ImmutableSandboxedEnvironment):
-    """Sandboxed, strict, and with none of Jinja's default globals (lipsum, cycler, joiner...)."""
+    """Sandboxed, strict, and with none of Jinja's default globals (lipsum, cycler, joiner...).
+
+    ``*``, ``+`` and ``**`` are checked before they run, so ``'a' * 10**9`` or ``9 ** 9 ** 9``
+    fails at once instead of allocating gigabytes.
+    """
+
+    intercepted_binops = frozenset(["*", "+", "**"])
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        limit = _OUTPUT_LIMIT.get()
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                size = _sized(seq)
+                if size is not None and isinstance(times, int) and size * times > limit:
+                    raise _OutputTooLarge
+        elif operator == "+":
+            a, b = _sized(left), _sized(right)
+            if a is not None and b is not None and a + b > limit:
+                raise _OutputTooLarge
+        elif operator == "**" and isinstance(left, int) and isinstance(right, int):
+            if right > 0 and abs(left) > 1 and right * math.log2(abs(left)) > 8 * limit:
+                raise _OutputTooLarge
+        return super().call_binop(context, operator, left, right)
 
     def __init__(self, paths: Sequence[Path]) -> None:
         super().__init__(
@@ -110,6 +222,7 @@ class Template:
     description: str = ""
     fields: list[str] = field(default_factory=list)
     truncate: str | None = None
+    drop: str | None = None  # a list variable whose last items go first when a prompt is too long
     verbalizer: dict[str, list[str]] = field(default_factory=dict)
     few_shot: dict[str, Any] = field(default_factory=dict)
     defaults: dict[str, Any] = field(default_factory=dict)
@@ -119,6 +232,8 @@ class Template:
     path: str | None = None
     search_dirs: list[str] = field(default_factory=list)
     body_line: int = 1
+    max_output_chars: int = DEFAULT_MAX_OUTPUT_CHARS
+    timeout: float = DEFAULT_TIMEOUT
     _compiled: Any = field(default=None, init=False, repr=False, compare=False)
 
     # ---- construction -------------------------------------------------------------------------
@@ -151,6 +266,7 @@ class Template:
             description=str(header.get("description", "")),
             fields=[str(f) for f in header.get("fields") or []],
             truncate=header.get("truncate"),
+            drop=header.get("drop"),
             verbalizer=verbalizer,
             few_shot=dict(header.get("few_shot") or {}),
             defaults=dict(header.get("defaults") or {}),
@@ -226,10 +342,29 @@ class Template:
     # ---- rendering ----------------------------------------------------------------------------
 
     def render(self, record: Mapping[str, Any], **extra: Any) -> str:
-        """Render one example. Missing variables and sandbox violations raise TemplateError."""
+        """Render one example. Missing variables, sandbox violations and a render past the
+        limits (``max_output_chars`` characters, ``timeout`` seconds) raise TemplateError."""
         context = {**self.defaults, **record, **extra}
         try:
-            return self._compiled.render(context).strip()
+            with render_limits(self.max_output_chars, self.timeout):
+                parts, size = [], 0
+                for part in self._compiled.generate(context):
+                    size += len(part)
+                    if size > self.max_output_chars:
+                        raise _OutputTooLarge
+                    parts.append(part)
+            return "".join(parts).strip()
+        except _OutputTooLarge as exc:
+            raise TemplateError(
+                f"Template {self.name!r} rendered more than max_output_chars="
+                f"{self.max_output_chars:,} characters and was stopped. Raise the limit if the "
+                "output is meant to be that long."
+            ) from exc
+        except _RenderTimeout as exc:
+            raise TemplateError(
+                f"Template {self.name!r} ran longer than timeout={self.timeout:g} s and was "
+                "stopped (a loop too long?). Raise the limit if rendering is meant to take longer."
+            ) from exc
         except jinja2.exceptions.SecurityError as exc:
             raise TemplateError(
                 f"Template {self.name!r} tried an unsafe operation and was stopped: {exc}"
@@ -253,33 +388,55 @@ class Template:
         stats: TruncationStats | None = None,
         **extra: Any,
     ) -> str:
-        """Render, cutting the ``truncate`` field (never the instruction) to fit ``max_tokens``.
+        """Render within ``max_tokens``, never cutting the instruction.
 
-        ``count_tokens`` maps text to a token count. The field is shortened by words, keeping the
-        beginning, until the whole prompt fits or the field is empty.
+        ``count_tokens`` maps text to a token count. First the items of the ``drop`` list (e.g.
+        retrieved passages) go, the last-ranked first; then the ``truncate`` field is shortened
+        by words, keeping its beginning, until the whole prompt fits or the field is empty.
         """
         text = self.render(record, **extra)
-        if self.truncate is None or count_tokens(text) <= max_tokens:
+        if count_tokens(text) <= max_tokens:
             return text
         context = {**self.defaults, **record, **extra}
-        value = context.get(self.truncate)
-        if not isinstance(value, str):
-            return text
-        words = value.split()
-        low, high = 0, len(words)
-        best = ""
-        while low <= high:  # binary search for the most words that still fit
-            mid = (low + high) // 2
-            candidate = " ".join(words[:mid])
-            rendered = self.render({**context, self.truncate: candidate})
-            if count_tokens(rendered) <= max_tokens:
-                best, low = rendered, mid + 1
-            else:
-                high = mid - 1
-        result = best or self.render({**context, self.truncate: ""})
+        result = text
+        items = context.get(self.drop) if self.drop else None
+        if isinstance(items, list) and items:
+            kept = _most_that_fit(
+                len(items),
+                lambda n: self.render({**context, self.drop: items[:n]}),  # type: ignore[index]
+                count_tokens,
+                max_tokens,
+            )
+            context[self.drop] = items[: kept[0]] if kept else []  # type: ignore[index]
+            result = kept[1] if kept else self.render(context)
+        value = context.get(self.truncate) if self.truncate else None
+        if count_tokens(result) > max_tokens and isinstance(value, str):
+            words = value.split()
+            fitted = _most_that_fit(
+                len(words),
+                lambda n: self.render({**context, self.truncate: " ".join(words[:n])}),  # type: ignore[dict-item]
+                count_tokens,
+                max_tokens,
+            )
+            result = fitted[1] if fitted else self.render({**context, self.truncate: ""})  # type: ignore[dict-item]
         if stats is not None:
             stats.record(count_tokens(text) - count_tokens(result))
         return result
+
+
+def _most_that_fit(
+    total: int, render: Any, count_tokens: Any, max_tokens: int
+) -> tuple[int, str] | None:
+    """Binary search for the most items (0..total) whose rendering fits; None if none does."""
+    low, high, best = 0, total, None
+    while low <= high:
+        mid = (low + high) // 2
+        rendered = render(mid)
+        if count_tokens(rendered) <= max_tokens:
+            best, low = (mid, rendered), mid + 1
+        else:
+            high = mid - 1
+    return best
 
 
 @dataclass

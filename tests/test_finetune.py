@@ -78,7 +78,7 @@ def test_from_scratch_model(tiny_bert, sentiment_task, toy_data):
     def embeddings(adapter):
         return adapter.model_.base_model.embeddings.word_embeddings.weight.detach().clone()
 
-    pretrained = pk.models.load_model(tiny_bert, "seq_cls")
+    pretrained = pk.models.load_model(tiny_bert, "AutoModelForSequenceClassification")
     # seed 5: the tiny checkpoint itself was initialised with seed 0
     scratch = pk.create_adapter("full", model=tiny_bert, task=sentiment_task, from_scratch=True,
                                 learning_rate=1e-3, epochs=1, batch_size=8, seed=5)
@@ -104,7 +104,8 @@ def test_lora_saves_only_adapter_and_loads_with_plain_peft(tiny_bert, sentiment_
     files = {p.name for p in (tmp_path / "lora").iterdir()}
     assert {"adapter_config.json", "adapter_model.safetensors", "manifest.json"} <= files
     assert "model.safetensors" not in files
-    base = pk.models.load_model(tiny_bert, "seq_cls", id2label={0: "negative", 1: "positive"})
+    base = pk.models.load_model(tiny_bert, "AutoModelForSequenceClassification",
+                                id2label={0: "negative", 1: "positive"})
     plain = PeftModel.from_pretrained(base, str(tmp_path / "lora")).eval()
     import torch
 

@@ -53,3 +53,17 @@ def test_python_faq_dense_retrieval():
     found = [q["passage_id"] in [h.metadata.get("heading") for h in row]
              for q, row in zip(faq, hits, strict=True)]
     assert np.mean(found) > 0.85
+
+
+def test_smollm2_multi_token_scores_equal_a_full_forward_pass():
+    from test_prompt_scoring import full_pass_scores
+
+    task = pk.Task.classification(["negative", "positive"], template="sentiment")
+    adapter = pk.create_adapter("prompt", task=task, scoring="sum", batch_size=4)
+    adapter._ensure_model()
+    prompts = adapter.prompts([{"text": "A gripping, beautifully shot film."},
+                               {"text": "Dull."}])
+    words = [" positive", " negative", " a complete waste of time", "ly good"]
+    found = adapter._score_causal(prompts, words)
+    for got, want in zip(found, full_pass_scores(adapter, prompts, words), strict=True):
+        assert got == pytest.approx(want, abs=1e-4)

@@ -8,7 +8,6 @@ atomic writes are done once, here, for every adapter.
 from __future__ import annotations
 
 import os
-import random
 import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
@@ -20,6 +19,7 @@ from pydantic import Field, field_validator
 from promptkit.artifacts import read_manifest, write_artifact
 from promptkit.config import StrictModel, validate
 from promptkit.data import DataSource, Records
+from promptkit.devices import DEVICE_PATTERN, Dtype
 from promptkit.errors import ArtifactError, DataError, NotFittedError
 from promptkit.task import Task
 
@@ -32,6 +32,14 @@ class AdapterConfig(StrictModel):
     batch_size: int = Field(16, ge=1, description="Examples per batch for training and prediction.")
     max_length: int = Field(128, ge=8, le=32768, description="Maximum input length in tokens.")
     seed: int = Field(0, ge=0, description="Random seed; the same seed gives the same results.")
+    device: str = Field(
+        "auto",
+        pattern=DEVICE_PATTERN.pattern,
+        description="Where the model runs: 'auto' (CUDA if present, else CPU), 'cpu', 'cuda:N'.",
+    )
+    dtype: Dtype = Field(
+        "auto", description="Weight precision: 'auto' (float32), 'bfloat16' or 'float16'."
+    )
 
     @field_validator("task", mode="before")
     @classmethod
@@ -76,16 +84,11 @@ class FitResult:
 
 
 def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    try:
-        import numpy as np
+    """Seed Python, numpy, torch and every CUDA device; a new head's initialization draws from
+    torch even before its first use, so this runs before any model is built."""
+    from transformers import set_seed
 
-        np.random.seed(seed)
-    except ImportError:  # pragma: no cover - numpy is a dependency
-        pass
-    import torch  # seeded even before its first use: a new head's initialization draws from it
-
-    torch.manual_seed(seed)
+    set_seed(seed)
 
 
 class Adapter(ABC):
@@ -189,7 +192,8 @@ class Adapter(ABC):
             raise ArtifactError(f"{root} holds a {manifest['kind']!r} adapter, not {cls.name!r}.")
         settings = dict(manifest["config"])
         task = dict(settings["task"])
-        task["template"] = str((root / "template.j2").resolve())  # format exactly as trained
+        if task.get("template"):  # format exactly as trained
+            task["template"] = str((root / "template.j2").resolve())
         settings["task"] = task
         adapter = adapter_cls(validate(adapter_cls.Config, settings, f"{root} manifest config"))
         adapter._load(root, manifest)

@@ -22,9 +22,6 @@ from promptkit.adapters.finetune import FineTuneAdapter, FullFineTune, TrainingC
 from promptkit.artifacts import sha256_file
 from promptkit.errors import ArtifactError, ConfigError, PromptkitError
 
-_TASK_TYPES = {"seq_cls": "SEQ_CLS", "causal_lm": "CAUSAL_LM", "seq2seq_lm": "SEQ_2_SEQ_LM"}
-
-
 class PeftAdapter(FineTuneAdapter):
     """Shared PEFT plumbing: wrap the base model, save only adapter weights, reload onto base."""
 
@@ -39,7 +36,8 @@ class PeftAdapter(FineTuneAdapter):
     def _wrap_model(self, model: Any) -> Any:
         from peft import get_peft_model
 
-        task_type = _TASK_TYPES[self.head_ or "seq_cls"]
+        assert self.head_ is not None
+        task_type = self.head_.peft_task_type
         model = self._prepare_base(model)
         try:
             return get_peft_model(model, self._peft_config(task_type, model))
@@ -217,7 +215,7 @@ class PrefixTuningAdapter(PeftAdapter):
     config: PrefixTuningConfig
 
     def _prepare_base(self, model: Any) -> Any:
-        return _accept_prefix(model) if self.head_ == "seq_cls" else model
+        return model if self.head_ is None or self.head_.generates else _accept_prefix(model)
 
     def _peft_config(self, task_type: str, model: Any) -> Any:
         from peft import PrefixTuningConfig as PeftPrefixTuningConfig

@@ -1,9 +1,12 @@
 """The "prompt" adapter: zero- and few-shot prompting with no training.
 
-Classification scores each label's verbalizer words under the model — the log-likelihood of the
-(possibly multi-token) word after the rendered prompt, summed or length-normalized — and can divide
-out the label prior measured on content-free inputs (contextual calibration, Zhao et al., 2021).
-Generation decodes the rendered prompt. With a chat model, the prompt becomes the user turn.
+Classification scores each label's verbalizer words under the model: the log-likelihood of the
+(possibly multi-token) word after the rendered prompt, summed or length-normalized, then combined
+over a label's words so that a label with more words gains nothing (``aggregate``). Prompt and
+word are tokenized together and the word's tokens taken from the joint encoding, so the scored
+tokens are the ones the model would produce. The label prior measured on content-free inputs can
+be divided out (contextual calibration, Zhao et al., 2021), with the same demonstrations each
+input sees. Generation decodes the rendered prompt. With a chat model, the prompt is the user turn.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -18,19 +22,31 @@ from pydantic import Field
 
 from promptkit import models
 from promptkit.adapters.base import Adapter, AdapterConfig, FitResult, Prediction
-from promptkit.adapters.encoding import length_sorted, render_inputs
+from promptkit.adapters.encoding import length_sorted
+from promptkit.adapters.heads import GenerationOptions, generate, heads
 from promptkit.data import read_file, write_jsonl
+from promptkit.devices import resolve_device, to_device
+from promptkit.errors import DataError
+from promptkit.templates import TruncationStats
 
 CONTENT_FREE = ("N/A", "", "[MASK]")
-_MODEL_CACHE: dict[tuple[str, str], Any] = {}
+_MODEL_CACHE: dict[tuple[str, ...], Any] = {}
 
 
 class PromptConfig(AdapterConfig):
     model: str | None = Field("smollm2-135m-instruct", description="A causal or seq2seq LM.")
     max_length: int = Field(512, ge=8, le=32768)
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(
+        8, ge=1, description="Prompts per forward pass; scoring runs at most this many rows."
+    )
     scoring: Literal["sum", "mean"] = Field(
         "mean", description="Sum of label-word token log-probs, or their mean (length-normalized)."
+    )
+    aggregate: Literal["mean", "max", "sum"] = Field(
+        "mean",
+        description="How a label's verbalizer words combine: mean of their probabilities (a "
+        "label with more words gains nothing), the best word, or the sum (favours labels with "
+        "more words).",
     )
     calibrate: bool = Field(False, description="Contextual calibration on content-free inputs.")
     shots: int = Field(0, ge=0, le=64, description="Demonstrations placed before each input.")
@@ -40,6 +56,14 @@ class PromptConfig(AdapterConfig):
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     stop: list[str] = Field(default_factory=lambda: ["\n\n"], description="Cut output here.")
+
+
+@dataclass
+class _Scored:
+    """One (prompt, word) pair: its joint token ids and where the word's tokens start."""
+
+    ids: list[int]
+    start: int  # ids[start:] are the word's tokens (joint encoding); the rest conditions
 
 
 class PromptAdapter(Adapter):
@@ -65,12 +89,17 @@ class PromptAdapter(Adapter):
             return
         source = self.config.model or ""
         self._head = models.architecture_head(source)
-        key = (models.resolve(source), self._head)
+        device = str(resolve_device(self.config.device))
+        key = (models.resolve(source), self._head, device, self.config.dtype)
         if key not in _MODEL_CACHE:
-            model = models.load_model(source, self._head)
+            auto_class = heads.get(self._head).auto_class
+            model = models.load_model(source, auto_class, self.config.dtype, device)
             model.eval()
             _MODEL_CACHE[key] = (model, models.load_tokenizer(source))
         self._model, self._tokenizer = _MODEL_CACHE[key]
+
+    def _count(self, text: str) -> int:
+        return len(self._tokenizer(text, add_special_tokens=not self._uses_chat())["input_ids"])
 
     # ---- prompts ------------------------------------------------------------------------------
 
@@ -92,20 +121,33 @@ class PromptAdapter(Adapter):
         return str(record[self.task.target_field])
 
     def prompts(self, records: list[dict[str, Any]]) -> list[str]:
-        """The exact model input for each record: demonstrations, template, chat wrapping."""
+        """The exact model input for each record: demonstrations, template, chat wrapping.
+
+        A prompt longer than the model allows is fitted, never cut at either end: demonstrations
+        go first (last ones first), then the template's ``drop`` list (retrieved passages, the
+        lowest-ranked first), then the template's ``truncate`` field. The chat header, the
+        instruction and the answer slot always stay.
+        """
         self._ensure_model()
         template = self.task.template_obj
         separator = str(template.few_shot.get("separator", "\n\n"))
-        bodies = render_inputs(
-            self.task, records, self._tokenizer, self._input_budget(), reserve=self._demo_budget()
-        )
+        budget = self._input_budget() - self._count(self._wrap_chat("")) + self._count("")
+        stats = TruncationStats()
         texts = []
-        for index, (record, body) in enumerate(zip(records, bodies, strict=True)):
+        for index, record in enumerate(records):
             demos = [
                 self.task.render(d) + template.answer_prefix + self._answer_of(d)
                 for d in self._demos_for(index, record)
             ]
-            texts.append(self._wrap_chat(separator.join([*demos, body])))
+            while demos and self._count(separator.join([*demos, ""])) > budget // 2:
+                demos.pop()  # demonstrations never take more than half the room
+            prefix = separator.join([*demos, ""]) if demos else ""
+            room = max(budget - (self._count(prefix) - self._count("") if prefix else 0), 1)
+            body = template.render_fitted(
+                record, self._count, room, stats, labels=self.task.labels
+            )
+            texts.append(self._wrap_chat(prefix + body))
+        stats.warn(template.name, budget)
         return texts
 
     def _input_budget(self) -> int:
@@ -120,14 +162,10 @@ class PromptAdapter(Adapter):
             budget = min(budget, limit - reserve)
         return max(budget, 8)
 
-    def _demo_budget(self) -> int:
-        return min(self.config.max_length // 2, 48 * self.config.shots)
-
     def _wrap_chat(self, text: str) -> str:
-        tokenizer = self._tokenizer
-        if not self.config.chat or not getattr(tokenizer, "chat_template", None):
+        if not self._uses_chat():
             return text
-        return tokenizer.apply_chat_template(
+        return self._tokenizer.apply_chat_template(
             [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
         )
 
@@ -145,7 +183,7 @@ class PromptAdapter(Adapter):
         run_dir: Path | None,
     ) -> FitResult:
         self.demonstrations_ = list(train[:2000]) if self.config.shots else []
-        if self.task.kind == "classification" and self.config.calibrate:
+        if self.task.kind == "classification" and self.config.calibrate and not self.config.shots:
             self._ensure_prior()
         return FitResult(trainable_params=0, total_params=self._parameter_count())
 
@@ -153,28 +191,50 @@ class PromptAdapter(Adapter):
         self._ensure_model()
         return sum(p.numel() for p in self._model.parameters())
 
+    def _content_free(self, demonstrations: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+        field = self.task.text_fields[0]
+        rows = [{f: "" for f in self.task.text_fields} | {field: v} for v in CONTENT_FREE]
+        if demonstrations is not None:
+            rows = [{**row, "demonstrations": demonstrations} for row in rows]
+        return rows
+
     def _ensure_prior(self) -> list[float]:
+        """The label prior on content-free inputs (zero-shot: one prior for every input)."""
         if self.prior_ is None:
-            field = self.task.text_fields[0]
-            rows = [
-                {f: "" for f in self.task.text_fields} | {field: value} for value in CONTENT_FREE
-            ]
-            probs = [self._label_probabilities(p) for p in self.prompts(rows)]
-            self.prior_ = [sum(col) / len(col) for col in zip(*probs, strict=True)]
+            self.prior_ = self._prior(self._content_free(None))
         return self.prior_
 
+    def _prior(self, rows: list[dict[str, Any]]) -> list[float]:
+        probs = [_softmax(row) for row in self._score_all(self.prompts(rows))]
+        return [sum(col) / len(col) for col in zip(*probs, strict=True)]
+
+    def _priors(self, records: list[dict[str, Any]]) -> list[list[float]] | None:
+        """Per input, the prior to divide out. With demonstrations, each input's prior is
+        measured with the very demonstrations that input sees."""
+        if not self.config.calibrate:
+            return None
+        if not self.config.shots:
+            return [self._ensure_prior()] * len(records)
+        return [
+            self._prior(self._content_free(self._demos_for(i, record)))
+            for i, record in enumerate(records)
+        ]
+
     def _predict(self, records: list[dict[str, Any]]) -> list[Prediction]:
+        if self.config.shots:  # fix each input's demonstrations once, for prompt and prior alike
+            records = [
+                {**r, "demonstrations": self._demos_for(i, r)} for i, r in enumerate(records)
+            ]
         prompts = self.prompts(records)
         if self.task.kind == "generation":
             return self._generate(prompts)
-        prior = self._ensure_prior() if self.config.calibrate else None
+        priors = self._priors(records)
         labels = self.task.labels
-        scores = self._score_all(prompts)
         predictions = []
-        for row in scores:
+        for index, row in enumerate(self._score_all(prompts)):
             probs = _softmax(row)
-            if prior is not None:
-                probs = [p / max(q, 1e-12) for p, q in zip(probs, prior, strict=True)]
+            if priors is not None:
+                probs = [p / max(q, 1e-12) for p, q in zip(probs, priors[index], strict=True)]
                 total = sum(probs)
                 probs = [p / total for p in probs]
             best = max(range(len(labels)), key=probs.__getitem__)
@@ -185,176 +245,194 @@ class PromptAdapter(Adapter):
 
     # ---- scoring ------------------------------------------------------------------------------
 
-    def _label_probabilities(self, prompt: str) -> list[float]:
-        return _softmax(self._score_all([prompt])[0])
-
-    def _continuations(self) -> list[tuple[int, list[int]]]:
-        """(label index, token ids) for every verbalizer word of every label."""
+    def _label_words(self) -> list[tuple[int, str]]:
+        """(label index, text after the prompt) for every verbalizer word of every label."""
         words = self.task.template_obj.label_words(self.task.labels)
         prefix = "" if self._uses_chat() else self.task.template_obj.answer_prefix
-        out = []
-        for index, label in enumerate(self.task.labels):
-            for word in words[label]:
-                ids = self._tokenizer(prefix + word, add_special_tokens=False)["input_ids"]
-                out.append((index, ids or [self._tokenizer.unk_token_id or 0]))
-        return out
+        return [
+            (index, prefix + word)
+            for index, label in enumerate(self.task.labels)
+            for word in words[label]
+        ]
 
     def _score_all(self, prompts: list[str]) -> list[list[float]]:
-        """Per prompt, one log-score per label (log-sum-exp over that label's words)."""
+        """Per prompt, one log-score per label, combined over its words by ``aggregate``."""
         import torch
 
-        continuations = self._continuations()
-        budget = self._input_budget()
-        prompt_ids = [  # an over-long prompt keeps its end: the answer slot must stay
-            self._tokenizer(p, add_special_tokens=not self._uses_chat())["input_ids"][-budget:]
-            for p in prompts
-        ]
-        order = length_sorted(prompt_ids, len)
-        word_scores: list[list[float]] = [[] for _ in prompts]
+        words = self._label_words()
         score = self._score_seq2seq if self._head == "seq2seq_lm" else self._score_causal
+        order = length_sorted(prompts, len)
+        word_scores: list[list[float]] = [[] for _ in prompts]
         with torch.inference_mode():
             for start in range(0, len(order), self.config.batch_size):
                 indices = order[start : start + self.config.batch_size]
-                rows = score([prompt_ids[i] for i in indices], [c for _, c in continuations])
+                rows = score([prompts[i] for i in indices], [w for _, w in words])
                 for i, row in zip(indices, rows, strict=True):
                     word_scores[i] = row
-        results = []
-        for row in word_scores:
-            per_label = [-math.inf] * len(self.task.labels)
-            for (label, _), value in zip(continuations, row, strict=True):
-                per_label[label] = _logaddexp(per_label[label], value)
-            results.append(per_label)
-        return results
+        return [self._per_label(row, [label for label, _ in words]) for row in word_scores]
 
-    def _normalize(self, total: Any, length: Any) -> Any:
+    def _per_label(self, row: list[float], owners: list[int]) -> list[float]:
+        per_label: list[list[float]] = [[] for _ in self.task.labels]
+        for label, value in zip(owners, row, strict=True):
+            per_label[label].append(value)
+        if self.config.aggregate == "max":
+            return [max(values) for values in per_label]
+        combined = [_logsumexp(values) for values in per_label]
+        if self.config.aggregate == "mean":  # log of the mean probability of the label's words
+            combined = [c - math.log(len(v)) for c, v in zip(combined, per_label, strict=True)]
+        return combined
+
+    def _normalize(self, total: float, length: int) -> float:
         return total / length if self.config.scoring == "mean" else total
 
-    def _score_causal(self, prompts: list[list[int]], conts: list[list[int]]) -> list[list[float]]:
-        """Log-likelihood of every continuation after every prompt.
+    def _joint(self, prompt: str, words: list[str]) -> list[_Scored]:
+        """Tokenize prompt + word together; the word's tokens are those that end after the
+        prompt text (a token that straddles the boundary belongs to the word)."""
+        special = not self._uses_chat()
+        scored = []
+        for word in words:
+            encoded = self._tokenizer(
+                prompt + word, add_special_tokens=special, return_offsets_mapping=True
+            )
+            ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
+            start = len(ids)
+            for position, (begin, end) in enumerate(offsets):
+                if end > len(prompt) or (begin >= len(prompt) and end > begin):
+                    start = position
+                    break
+            if start >= len(ids) or start == 0:
+                raise DataError(
+                    f"The label word {word!r} adds no token after the prompt; give the label a "
+                    "verbalizer word that the tokenizer encodes."
+                )
+            scored.append(_Scored(ids, start))
+        return scored
 
-        Each prompt runs once; its key/value cache is then repeated for the continuations, so
-        scoring C label words costs one prompt pass, not C.
+    def _score_causal(self, prompts: list[str], words: list[str]) -> list[list[float]]:
+        """Log-likelihood of every word after every prompt.
+
+        The tokens every word of a prompt shares run once; their key/value cache is then reused
+        for the words' own tokens, in chunks of at most ``batch_size`` rows, so memory stays
+        bounded by ``batch_size`` whatever the number of words.
         """
         import torch
+        from transformers import DynamicCache
 
+        device = self._model.device
         pad = self._tokenizer.pad_token_id or 0
-        n_prompts, n_conts = len(prompts), len(conts)
-        width = max(len(p) for p in prompts)
-        ids = torch.full((n_prompts, width), pad)
-        mask = torch.zeros((n_prompts, width), dtype=torch.long)
-        for i, prompt in enumerate(prompts):  # left padding: every prompt ends at the last column
-            ids[i, width - len(prompt) :] = torch.tensor(prompt)
-            mask[i, width - len(prompt) :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self._model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (P, V)
-        firsts = torch.tensor([c[0] for c in conts])
-        totals = first[:, firsts]  # (P, C)
-        longest = max(len(c) for c in conts)
-        if longest > 1:
-            cache = out.past_key_values
-            cache.batch_repeat_interleave(n_conts)
-            rest = torch.full((n_conts, longest - 1), pad)
-            rest_mask = torch.zeros((n_conts, longest - 1), dtype=torch.long)
-            targets = torch.full((n_conts, longest - 1), -100)
-            for j, cont in enumerate(conts):
-                rest[j, : len(cont) - 1] = torch.tensor(cont[:-1])
-                rest_mask[j, : len(cont) - 1] = 1
-                targets[j, : len(cont) - 1] = torch.tensor(cont[1:])
-            step_mask = torch.cat(
-                [mask.repeat_interleave(n_conts, 0), rest_mask.repeat(n_prompts, 1)], dim=1
-            )
-            step_pos = (
-                positions[:, -1:].repeat_interleave(n_conts, 0) + 1 + torch.arange(longest - 1)
-            )
+        pairs = [self._joint(p, words) for p in prompts]
+        # the shared part: every word's tokens agree on it, and it ends before any word starts
+        shared = []
+        for scored in pairs:
+            length = min(s.start for s in scored)
+            first = scored[0].ids
+            while length > 1 and any(s.ids[: length] != first[: length] for s in scored):
+                length -= 1
+            shared.append(length - 1)  # the last shared token is fed with the word's tokens
+        width = max(shared)
+        ids = torch.full((len(prompts), max(width, 1)), pad)
+        mask = torch.zeros((len(prompts), max(width, 1)), dtype=torch.long)
+        for i, (scored, n) in enumerate(zip(pairs, shared, strict=True)):
+            if n:  # left padding: every shared part ends at the last column
+                ids[i, width - n :] = torch.tensor(scored[0].ids[:n])
+                mask[i, width - n :] = 1
+        cache = None
+        if width:
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            cache = self._model(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                position_ids=positions.to(device),
+                use_cache=True,
+                logits_to_keep=1,
+            ).cache
+        rows = [(i, j) for i in range(len(prompts)) for j in range(len(words))]
+        totals = [[0.0] * len(words) for _ in prompts]
+        for begin in range(0, len(rows), self.config.batch_size):
+            chunk = rows[begin : begin + self.config.batch_size]
+            tails = [pairs[i][j].ids[shared[i] :] for i, j in chunk]
+            longest = max(len(t) for t in tails)
+            tail_ids = torch.full((len(chunk), longest), pad)
+            tail_mask = torch.zeros((len(chunk), longest), dtype=torch.long)
+            targets = torch.full((len(chunk), longest), -100)
+            for r, ((i, j), tail) in enumerate(zip(chunk, tails, strict=True)):
+                tail_ids[r, : len(tail)] = torch.tensor(tail)
+                tail_mask[r, : len(tail)] = 1
+                skip = pairs[i][j].start - shared[i]  # tail tokens before the word condition
+                word = tail[skip:]
+                targets[r, skip - 1 : skip - 1 + len(word)] = torch.tensor(word)
+            prompt_rows = torch.tensor([i for i, _ in chunk])
+            step_mask = torch.cat([mask[prompt_rows], tail_mask], dim=1)
+            offset = torch.tensor([shared[i] for i, _ in chunk])[:, None]
+            step_positions = offset + torch.arange(longest)[None, :]
+            rows_cache = None
+            if cache is not None:
+                selected = prompt_rows.to(device)
+                rows_cache = DynamicCache(
+                    [(layer.keys[selected], layer.values[selected]) for layer in cache.layers]
+                )
             logits = self._model(
-                input_ids=rest.repeat(n_prompts, 1),
-                attention_mask=step_mask,
-                position_ids=step_pos,
-                past_key_values=cache,
+                input_ids=tail_ids.to(device),
+                attention_mask=step_mask.to(device),
+                position_ids=step_positions.to(device),
+                cache=rows_cache,
+                use_cache=rows_cache is not None,
             ).logits
-            logprobs = torch.log_softmax(logits.float(), dim=-1)
-            tgt = targets.repeat(n_prompts, 1)
-            picked = logprobs.gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (tgt != -100)
-            totals = totals + picked.sum(-1).view(n_prompts, n_conts)
-        lengths = torch.tensor([len(c) for c in conts], dtype=torch.float32)
-        return self._normalize(totals, lengths).tolist()
+            logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
+            picked = logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            sums = (picked * (targets != -100)).sum(-1).tolist()
+            for (i, j), total in zip(chunk, sums, strict=True):
+                totals[i][j] = self._normalize(total, len(pairs[i][j].ids) - pairs[i][j].start)
+        return totals
 
-    def _score_seq2seq(self, prompts: list[list[int]], conts: list[list[int]]) -> list[list[float]]:
+    def _score_seq2seq(self, prompts: list[str], words: list[str]) -> list[list[float]]:
+        """Encoder-decoder: each word is what the decoder produces, so it is encoded alone."""
         import torch
 
-        inputs = self._tokenizer.pad({"input_ids": prompts}, return_tensors="pt")
-        encoder = self._model.get_encoder()(**inputs)
-        n_prompts, n_conts = len(prompts), len(conts)
-        longest = max(len(c) for c in conts)
-        labels = torch.full((n_conts, longest), -100)
-        for j, cont in enumerate(conts):
-            labels[j, : len(cont)] = torch.tensor(cont)
-        labels = labels.repeat(n_prompts, 1)
-        hidden = encoder.last_hidden_state.repeat_interleave(n_conts, 0)
-        logits = self._model(
-            encoder_outputs=(hidden,),
-            attention_mask=inputs["attention_mask"].repeat_interleave(n_conts, 0),
-            labels=labels,
-        ).logits
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
-        picked = logprobs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (
-            labels != -100
-        )
-        totals = picked.sum(-1).view(n_prompts, n_conts)
-        lengths = torch.tensor([len(c) for c in conts], dtype=torch.float32)
-        return self._normalize(totals, lengths).tolist()
+        encoded = self._tokenizer(prompts, return_tensors="pt", padding=True)
+        encoded = to_device(encoded, self._model.device)
+        hidden = self._model.get_encoder()(**encoded).last_hidden_state
+        word_ids = [
+            self._tokenizer(w.strip(), add_special_tokens=False)["input_ids"]
+            or [self._tokenizer.unk_token_id or 0]
+            for w in words
+        ]
+        rows = [(i, j) for i in range(len(prompts)) for j in range(len(words))]
+        totals = [[0.0] * len(words) for _ in prompts]
+        for begin in range(0, len(rows), self.config.batch_size):
+            chunk = rows[begin : begin + self.config.batch_size]
+            longest = max(len(word_ids[j]) for _, j in chunk)
+            labels = torch.full((len(chunk), longest), -100)
+            for r, (_, j) in enumerate(chunk):
+                labels[r, : len(word_ids[j])] = torch.tensor(word_ids[j])
+            selected = torch.tensor([i for i, _ in chunk], device=hidden.device)
+            logits = self._model(
+                encoder_outputs=(hidden[selected],),
+                attention_mask=encoded["attention_mask"][selected],
+                labels=labels.to(hidden.device),
+            ).logits
+            logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
+            picked = logprobs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            sums = (picked * (labels != -100)).sum(-1).tolist()
+            for (i, j), total in zip(chunk, sums, strict=True):
+                totals[i][j] = self._normalize(total, len(word_ids[j]))
+        return totals
 
     # ---- generation ---------------------------------------------------------------------------
 
     def _generate(self, prompts: list[str]) -> list[Prediction]:
-        import torch
-
-        tokenizer = self._tokenizer
-        order = length_sorted(prompts, len)
-        texts: list[str] = [""] * len(prompts)
-        side = tokenizer.padding_side
-        tokenizer.padding_side = "left" if self._head == "causal_lm" else "right"
-        truncation_side = tokenizer.truncation_side
-        tokenizer.truncation_side = "left"  # keep the end of an over-long prompt
-        try:
-            with torch.inference_mode():
-                for start in range(0, len(order), self.config.batch_size):
-                    indices = order[start : start + self.config.batch_size]
-                    batch = tokenizer(
-                        [prompts[i] for i in indices],
-                        return_tensors="pt",
-                        padding=True,
-                        truncation=True,
-                        max_length=self._input_budget(),
-                        add_special_tokens=not self._uses_chat(),
-                    )
-                    kwargs: dict[str, Any] = {
-                        "max_new_tokens": self.config.max_new_tokens,
-                        "do_sample": self.config.do_sample,
-                        "pad_token_id": tokenizer.pad_token_id,
-                    }
-                    if self.config.do_sample:
-                        torch.manual_seed(self.config.seed + start)
-                        kwargs.update(temperature=self.config.temperature, top_p=self.config.top_p)
-                    output = self._model.generate(**batch, **kwargs)
-                    if self._head == "causal_lm":
-                        output = output[:, batch["input_ids"].shape[1] :]
-                    for i, text in zip(
-                        indices,
-                        tokenizer.batch_decode(output, skip_special_tokens=True),
-                        strict=True,
-                    ):
-                        texts[i] = _cut(text, self.config.stop)
-        finally:
-            tokenizer.padding_side = side
-            tokenizer.truncation_side = truncation_side
+        options = GenerationOptions(
+            max_new_tokens=self.config.max_new_tokens,
+            do_sample=self.config.do_sample,
+            temperature=self.config.temperature,
+            top_p=self.config.top_p,
+            seed=self.config.seed,
+            stop=list(self.config.stop),
+            batch_size=self.config.batch_size,
+            add_special_tokens=not self._uses_chat(),
+        )
+        causal = self._head == "causal_lm"
+        texts = generate(self._model, self._tokenizer, prompts, options, causal=causal)
         return [Prediction(text=t) for t in texts]
 
     # ---- persistence --------------------------------------------------------------------------
@@ -382,17 +460,8 @@ def _softmax(values: list[float]) -> list[float]:
     return [e / total for e in exps]
 
 
-def _logaddexp(a: float, b: float) -> float:
-    if a == -math.inf:
-        return b
-    if b == -math.inf:
-        return a
-    top = max(a, b)
-    return top + math.log(math.exp(a - top) + math.exp(b - top))
-
-
-def _cut(text: str, stops: list[str]) -> str:
-    for stop in stops:
-        if stop and stop in text:
-            text = text[: text.index(stop)]
-    return text.strip()
+def _logsumexp(values: list[float]) -> float:
+    top = max(values)
+    if top == -math.inf:
+        return top
+    return top + math.log(sum(math.exp(v - top) for v in values))

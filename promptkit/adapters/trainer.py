@@ -12,13 +12,12 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 
 def training_arguments(
-    config: Any, out: Path, has_eval: bool, higher_is_better: bool, save: bool
+    config: Any, out: Path, metric: str, has_eval: bool, higher_is_better: bool, save: bool
 ) -> TrainingArguments:
     """Map promptkit's training settings onto ``TrainingArguments``."""
     strategy = "no"
     if has_eval:
         strategy = "steps" if config.eval_steps else "epoch"
-    metric = "loss" if config.metric == "loss" else config.metric
     keep_best = has_eval and (save or bool(config.early_stopping_patience))
     save_strategy = strategy if keep_best else ("epoch" if save else "no")
     return TrainingArguments(
@@ -46,6 +45,7 @@ def training_arguments(
         report_to=list(config.report_to) or "none",
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
+        use_cpu=config.device == "cpu",
         remove_unused_columns=False,
         disable_tqdm=False,
         save_only_model=False,
