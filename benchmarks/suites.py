@@ -427,7 +427,7 @@ def quality(smoke: bool) -> dict[str, Any]:
     candidates["zero_shot"] = pk.create_adapter(
         "prompt", model=pk.testing.tiny_model("gpt2") if smoke else "smollm2-135m-instruct",
         task=task, batch_size=16)
-    candidates["knn"] = pk.create_adapter("retrieval", task=task, embedder=model, top_k=10)
+    candidates["knn"] = pk.create_adapter("knn", task=task, embedder=model, top_k=10)
     for adapter in candidates.values():
         adapter.fit(train)
     report = pk.Evaluator(task, metrics=["accuracy", "f1_macro"]).compare(candidates, test)

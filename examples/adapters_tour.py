@@ -18,7 +18,7 @@ candidates = {
     "prompt_tuning": pk.create_adapter("prompt_tuning", model=encoder(), task=task, **short),
     "prefix_tuning": pk.create_adapter("prefix_tuning", model=encoder(), task=task, **short),
     "zero_shot": pk.create_adapter("prompt", model=causal_lm(), task=task),
-    "knn": pk.create_adapter("retrieval", task=task, embedder=encoder(), top_k=10),
+    "knn": pk.create_adapter("knn", task=task, embedder=encoder(), top_k=10),
 }
 folder = tempfile.mkdtemp()
 for name, adapter in candidates.items():

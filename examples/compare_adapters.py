@@ -9,7 +9,7 @@ task = pk.Task.classification(["negative", "positive"], template="sentiment")
 settings = {"epochs": 5 if FAST else 1, "batch_size": 32, "max_length": 64}
 lora = pk.create_adapter("lora", model=encoder(), task=task, learning_rate=5e-4, **settings)
 full = pk.create_adapter("full", model=encoder(), task=task, **settings)
-knn = pk.create_adapter("retrieval", task=task, embedder=encoder(), top_k=10)
+knn = pk.create_adapter("knn", task=task, embedder=encoder(), top_k=10)
 for adapter in (lora, full, knn):
     adapter.fit(train)
 report = pk.Evaluator(task).compare({"lora": lora, "full": full, "knn": knn}, test)

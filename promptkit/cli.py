@@ -91,7 +91,7 @@ def train(
     from promptkit import datasets
     from promptkit.adapters import create_adapter
     from promptkit.data import read_records
-    from promptkit.task import Task
+    from promptkit.task import Task, infer_labels
 
     settings: dict[str, Any] = {}
     for item in set_ or []:
@@ -113,9 +113,7 @@ def train(
     if generation:
         task = Task.generation(template=template)
     else:
-        if not label_set:
-            raise typer.BadParameter("--labels is needed for this data")
-        task = Task.classification(label_set, template=template)
+        task = Task.classification(label_set or infer_labels(rows, name=data), template=template)
     adapter_obj = create_adapter(adapter, task=task, **settings)
     result = adapter_obj.fit(rows, eval_data=eval_rows if adapter_obj.trains else None)
     adapter_obj.save(out)

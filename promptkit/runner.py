@@ -101,12 +101,20 @@ def apply_override(data: dict[str, Any], override: str) -> None:
             raise ConfigError(f"Override {override!r}: cannot descend into {part!r}.")
 
 
-def build_task(spec: dict[str, Any]) -> Any:
-    from promptkit.task import Task
+def build_task(spec: dict[str, Any], records: list[dict[str, Any]] | None = None) -> Any:
+    """The experiment's task; a classification task without ``labels`` takes the distinct
+    labels of ``records`` (the training split)."""
+    from promptkit.task import Task, infer_labels
 
     args = dict(spec)
     kind: Literal["classification", "generation"] | None = args.pop("kind", None)
     if kind == "classification":
+        if "labels" not in args:
+            if not records:
+                raise ConfigError("task.labels is missing and there is no data to infer it from.")
+            args["labels"] = infer_labels(
+                records, args.get("label_field", "label"), name="training split"
+            )
         return Task.classification(**args)
     if kind == "generation":
         return Task.generation(**args)
@@ -164,8 +172,11 @@ def run(config: RunConfig, echo: Any = print) -> Path:
     started = time.perf_counter()
     for experiment in config.experiments:
         echo(f"== experiment {experiment.name}: {experiment.data}")
-        task = build_task(experiment.task)
         splits = load_splits(experiment, config.seed)
+        task = build_task(
+            experiment.task,
+            splits.get(experiment.train_split) or splits.get(experiment.test_split),
+        )
         sizes = ", ".join(f"{k}={len(v)}" for k, v in splits.items())
         echo(
             f"   data: {sizes}"

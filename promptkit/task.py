@@ -17,6 +17,33 @@ from promptkit.templates import Template, load_template
 
 
 DEFAULT_TEMPLATES = {"classification": "classify", "generation": "generate"}
+MANY_LABELS = 20
+
+
+def infer_labels(records: Records, label_field: str = "label", name: str = "data") -> list[str]:
+    """The label set of a dataset: its distinct label values, sorted.
+
+    More than 20 distinct values is allowed but warned about, listing them: a free-text column
+    picked as the label by mistake shows up here rather than as a thousand-way classifier.
+    """
+    import warnings
+
+    values = {str(r[label_field]) for r in records if r.get(label_field) is not None}
+    if len(values) < 2:
+        raise DataError(
+            f"The {name} has {len(values)} distinct value(s) in field {label_field!r} "
+            f"({sorted(values)}); a classifier needs at least two. Pass the labels explicitly "
+            "(--labels a,b or labels: [a, b]) or set label_field."
+        )
+    labels = sorted(values)
+    if len(labels) > MANY_LABELS:
+        warnings.warn(
+            f"The {name} has {len(labels)} distinct labels in field {label_field!r}: "
+            f"{', '.join(labels)}. If that field is not the label, set label_field.",
+            stacklevel=2,
+        )
+    return labels
+
 
 
 class Task(BaseModel):

@@ -95,8 +95,11 @@ def test_train_and_eval(tmp_path, tiny_bert):
     from promptkit.testing import toy_classification
 
     data.write_text("\n".join(json.dumps(r) for r in toy_classification(32)))
-    promptkit("train", "full", "--data", str(data), "--labels", "negative,positive", "--model",
+    # no --labels: the label set is read from the data
+    promptkit("train", "full", "--data", str(data), "--model",
               tiny_bert, "--out", str(tmp_path / "adapter"), "--set", "epochs=2", check=True)
+    saved = json.loads((tmp_path / "adapter" / "manifest.json").read_text())
+    assert saved["config"]["task"]["labels"] == ["negative", "positive"]
     result = promptkit("eval", str(tmp_path / "adapter"), "--data", str(data), "--out",
                        str(tmp_path / "report"), check=True)
     assert "accuracy" in result.stdout and (tmp_path / "report" / "report.html").is_file()
@@ -114,18 +117,26 @@ def test_run_config_end_to_end(tmp_path, tiny_bert):
     config = tmp_path / "run.yaml"
     config.write_text(f"""
 output: {tmp_path / 'out'}
+save_adapters: true
 experiments:
   - name: toy
     data: {data}
     train_split: test
     eval_split: null
-    task: {{kind: classification, labels: [negative, positive], template: sentiment}}
+    task: {{kind: classification, template: sentiment}}
     resamples: 100
     adapters:
-      knn: {{adapter: retrieval, embedder: {tiny_bert}, top_k: 3}}
+      knn: {{adapter: knn, embedder: {tiny_bert}, top_k: 3}}
       full: {{adapter: full, model: {tiny_bert}, epochs: 2}}
 """)
     result = promptkit("run", str(config), "--set", "experiments.0.resamples=50", check=True)
     assert "override" in result.stderr
     assert (tmp_path / "out" / "report.html").is_file()
     assert (tmp_path / "out" / "toy" / "report.json").is_file()
+    # the report and the combined page are written beside the saved adapters, not over them
+    for name in ("knn", "full"):
+        assert (tmp_path / "out" / "toy" / "adapters" / name / "manifest.json").is_file()
+    import promptkit as pk
+
+    assert pk.load_adapter(tmp_path / "out" / "toy" / "adapters" / "full").task.labels == [
+        "negative", "positive"]

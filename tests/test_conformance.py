@@ -35,8 +35,10 @@ def _trainable(name: str, lr: float, **extra: Any) -> list[tuple[str, Callable[[
 
 
 def _retrieval_cases() -> list[tuple[str, Callable[[], Any], str]]:
-    def knn() -> Any:
-        return pk.create_adapter("retrieval", task=_cls(), embedder=tiny_model("bert"), top_k=3)
+    def demonstrations() -> Any:
+        base = pk.create_adapter("prompt", model=tiny_model("gpt2"), task=_cls(), shots=2)
+        return pk.create_adapter("retrieval", base=base, demonstrations=2,
+                                 embedder=tiny_model("bert"))
 
     def inject() -> Any:
         kb = pk.KnowledgeBase.build(["a great film is good", "a bad film is awful"],
@@ -45,7 +47,7 @@ def _retrieval_cases() -> list[tuple[str, Callable[[], Any], str]]:
                                  task=pk.Task.generation(template="rag_qa"), max_new_tokens=3)
         return pk.create_adapter("retrieval", base=base, knowledge=kb, top_k=2)
 
-    return [("knn", knn, "cls"), ("inject-gpt2", inject, "gen")]
+    return [("demonstrations-gpt2", demonstrations, "cls"), ("inject-gpt2", inject, "gen")]
 
 
 CASES: dict[str, list[tuple[str, Callable[[], Any], str]]] = {
@@ -66,6 +68,8 @@ CASES: dict[str, list[tuple[str, Callable[[], Any], str]]] = {
                                              max_new_tokens=3), "gen"),
     ],
     "retrieval": _retrieval_cases(),
+    "knn": [("bert", lambda: pk.create_adapter("knn", task=_cls(), embedder=tiny_model("bert"),
+                                               top_k=3), "cls")],
 }
 
 PARAMS = [pytest.param(name, case, id=f"{name}-{label}")
@@ -84,7 +88,7 @@ def test_conformance(name: str, label: str, tmp_path) -> None:
         train, inputs = toy_classification(48), toy_classification(6, seed=1)
     else:
         train, inputs = toy_generation(24), toy_generation(4)
-        if name == "retrieval":
+        if name == "retrieval":  # the context comes from the knowledge base
             inputs = [{"question": r["question"]} for r in inputs]
     measured = check_adapter(make, train, inputs, tmp_path)
     if adapters.get(name).trains:

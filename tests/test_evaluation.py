@@ -166,9 +166,9 @@ def test_custom_metric_registers_with_one_call():
 
 
 def test_compare_report_files(tiny_bert, sentiment_task, toy_data, tmp_path):
-    knn = pk.create_adapter("retrieval", task=sentiment_task, embedder=tiny_bert, top_k=3)
+    knn = pk.create_adapter("knn", task=sentiment_task, embedder=tiny_bert, top_k=3)
     knn.fit(toy_data[:32])
-    wide = pk.create_adapter("retrieval", task=sentiment_task, embedder=tiny_bert, top_k=15)
+    wide = pk.create_adapter("knn", task=sentiment_task, embedder=tiny_bert, top_k=15)
     wide.fit(toy_data[:32])
     report = pk.Evaluator(sentiment_task, resamples=200).compare({"k3": knn, "k15": wide},
                                                                  toy_data[32:])

@@ -239,3 +239,15 @@ def test_two_process_data_parallel(tiny_bert, tmp_path):
     assert (tmp_path / "weights-0.txt").read_text() == (tmp_path / "weights-1.txt").read_text()
     assert (tmp_path / "artifact-by-0" / "manifest.json").is_file()
     assert not (tmp_path / "artifact-by-1").exists()
+
+
+def test_generation_fit_with_eval_data_and_early_stopping(tiny_gpt2, qa_task, toy_qa):
+    adapter = pk.create_adapter("full", model=tiny_gpt2, task=qa_task, learning_rate=5e-2,
+                                epochs=40, batch_size=8, early_stopping_patience=1,
+                                logging_steps=50)
+    result = adapter.fit(toy_qa[:16], eval_data=toy_qa[16:])
+    assert "loss" in result.eval_metrics  # the best model was chosen on eval loss
+    assert result.stopped_early  # a far too high rate overfits: stopping must trigger
+    assert len(adapter.predict(toy_qa[:2])) == 2
+    with pytest.raises(pk.errors.ConfigError, match="classification head.*'loss'"):
+        pk.create_adapter("full", model=tiny_gpt2, task=qa_task, metric="accuracy").fit(toy_qa)

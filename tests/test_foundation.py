@@ -108,7 +108,7 @@ def test_bad_settings_name_the_field(sentiment_task):
     with pytest.raises(ConfigError, match="learning_rate"):
         pk.create_adapter("full", task=sentiment_task, learning_rate=-1)
     with pytest.raises(ConfigError, match="top_k"):
-        pk.create_adapter("retrieval", task=sentiment_task, top_k=0)
+        pk.create_adapter("knn", task=sentiment_task, top_k=0)
     with pytest.raises(ConfigError, match="unknown setting.*Allowed settings"):
         pk.create_adapter("full", task=sentiment_task, epochz=3)
 

@@ -105,7 +105,7 @@ BAD_INPUT = [
     ("negative learning rate", lambda t, m: pk.create_adapter("full", task=TASK,
                                                               learning_rate=-1e-3),
      "learning_rate"),
-    ("top_k=0", lambda t, m: pk.create_adapter("retrieval", task=TASK, top_k=0), "top_k"),
+    ("top_k=0", lambda t, m: pk.create_adapter("knn", task=TASK, top_k=0), "top_k"),
     ("epochs=0", lambda t, m: pk.create_adapter("full", task=TASK, epochs=0), "epochs"),
     ("unknown metric", lambda t, m: pk.Evaluator(TASK, metrics=["acuracy"]), "Did you mean"),
     ("unknown setting", lambda t, m: pk.create_adapter("lora", task=TASK, rank=8), "rank"),

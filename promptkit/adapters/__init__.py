@@ -18,6 +18,7 @@ adapters.register("prefix_tuning", lazy="promptkit.adapters.peft_methods:PrefixT
 adapters.register("p_tuning", lazy="promptkit.adapters.peft_methods:PTuningAdapter")
 adapters.register("ia3", lazy="promptkit.adapters.peft_methods:IA3Adapter")
 adapters.register("retrieval", lazy="promptkit.adapters.retrieval:RetrievalAdapter")
+adapters.register("knn", lazy="promptkit.adapters.knn:KnnAdapter")
 
 
 def create_adapter(name: str, **settings: Any) -> Adapter:

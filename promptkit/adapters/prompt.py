@@ -124,7 +124,8 @@ class PromptAdapter(Adapter):
         """The exact model input for each record: demonstrations, template, chat wrapping.
 
         A prompt longer than the model allows is fitted, never cut at either end: demonstrations
-        go first (last ones first), then the template's ``drop`` list (retrieved passages, the
+        go first (the earliest first, so the one next to the input, the nearest when retrieved,
+        stays longest), then the template's ``drop`` list (retrieved passages, the
         lowest-ranked first), then the template's ``truncate`` field. The chat header, the
         instruction and the answer slot always stay.
         """
@@ -140,7 +141,7 @@ class PromptAdapter(Adapter):
                 for d in self._demos_for(index, record)
             ]
             while demos and self._count(separator.join([*demos, ""])) > budget // 2:
-                demos.pop()  # demonstrations never take more than half the room
+                demos.pop(0)  # at most half the room; the one next to the input stays longest
             prefix = separator.join([*demos, ""]) if demos else ""
             room = max(budget - (self._count(prefix) - self._count("") if prefix else 0), 1)
             body = template.render_fitted(

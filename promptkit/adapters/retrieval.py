@@ -1,36 +1,35 @@
-"""The "retrieval" adapter: knowledge injection, kNN classification, retrieved demonstrations.
+"""The "retrieval" adapter: knowledge injection around any adapter.
 
-* With ``base=<adapter>`` and ``knowledge=<KnowledgeBase>``, the top-k passages for each input are
-  put in the template's context slot (``passages``, numbered for citation) and the base adapter
-  predicts; predictions carry the sources and scores. No weights change.
-* With no base on a classification task, ``fit(train)`` indexes the labelled examples and
-  ``predict`` votes over the ``top_k`` nearest neighbours (similarity-weighted).
-* With ``base`` a ``prompt`` adapter that has ``shots > 0`` and ``demonstrations=True``, the
-  nearest labelled training examples become its few-shot demonstrations.
+The top-k passages for each input are put in the template's context slot (``passages``,
+numbered for citation) and the base adapter predicts; predictions carry the sources and scores.
+No weights change. With ``demonstrations=N`` the N nearest labelled training examples (every
+text field) also become the base ``prompt`` adapter's few-shot demonstrations.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import Field, model_validator
 
 from promptkit.adapters.base import Adapter, AdapterConfig, FitResult, Prediction
+from promptkit.adapters.knn import ExampleMemory, query_text
 from promptkit.errors import ConfigError
 
 
 class RetrievalConfig(AdapterConfig):
     base: Any = Field(None, exclude=True, description="The adapter that receives the passages.")
     knowledge: Any = Field(None, exclude=True, description="A KnowledgeBase, or its directory.")
-    embedder: str = Field("minilm", description="Embedder for the kNN / demonstration memory.")
-    top_k: int = Field(4, ge=1, le=1000, description="Passages or neighbours per input.")
+    top_k: int = Field(4, ge=1, le=1000, description="Passages per input.")
     filter: dict[str, Any] | None = Field(None, description="Metadata filter for every search.")
     hybrid: bool = Field(False, description="Fuse BM25 with dense search.")
     context_field: str = Field("passages", description="Template variable for the passages.")
-    demonstrations: bool = Field(False, description="Give retrieved examples to the base as shots.")
-    temperature: float = Field(0.05, gt=0, description="Softness of the kNN similarity vote.")
+    demonstrations: int = Field(
+        0, ge=0, le=64, description="Nearest labelled training examples given to the base "
+        "prompt adapter as its demonstrations (0: none)."
+    )
+    embedder: str = Field("minilm", description="Embedder for the demonstration memory.")
 
     @model_validator(mode="before")
     @classmethod
@@ -41,7 +40,7 @@ class RetrievalConfig(AdapterConfig):
 
 
 class RetrievalAdapter(Adapter):
-    """Retrieval-based knowledge injection around any adapter, or kNN classification alone."""
+    """Retrieval-based knowledge injection (and retrieved demonstrations) around any adapter."""
 
     name = "retrieval"
     Config: ClassVar[type[AdapterConfig]] = RetrievalConfig
@@ -52,25 +51,27 @@ class RetrievalAdapter(Adapter):
         super().__init__(config)
         self.base_: Adapter | None = self.config.base
         self.knowledge_: Any = self._as_knowledge(self.config.knowledge)
-        self.memory_: Any = None  # labelled examples, for kNN voting or demonstrations
+        self.memory_: ExampleMemory | None = None
 
     @classmethod
     def create(cls, **settings: Any) -> Adapter:
         adapter = super().create(**settings)
         assert isinstance(adapter, RetrievalAdapter)
-        if adapter.base_ is None and adapter.task.kind != "classification":
+        config = adapter.config
+        if adapter.base_ is None:
             raise ConfigError(
-                "The retrieval adapter needs base=<adapter> for generation tasks; "
-                "alone it classifies by kNN."
+                "The retrieval adapter needs base=<adapter> to receive the passages; to classify "
+                "by nearest neighbours alone, use the 'knn' adapter."
             )
-        if (
-            adapter.base_ is not None
-            and adapter.knowledge_ is None
-            and not (adapter.config.demonstrations)
-        ):
+        if adapter.knowledge_ is None and not config.demonstrations:
             raise ConfigError(
                 "Pass knowledge=<KnowledgeBase or directory> to inject passages, or "
-                "demonstrations=True to retrieve few-shot examples."
+                "demonstrations=N to retrieve few-shot examples."
+            )
+        if config.demonstrations and getattr(adapter.base_.config, "shots", 0) < 1:
+            raise ConfigError(
+                f"demonstrations={config.demonstrations} needs a base 'prompt' adapter with "
+                f"shots >= 1 (it has {getattr(adapter.base_.config, 'shots', 0)})."
             )
         return adapter
 
@@ -82,10 +83,6 @@ class RetrievalAdapter(Adapter):
 
         return KnowledgeBase.load(value)
 
-    @property
-    def _knn(self) -> bool:
-        return self.base_ is None
-
     # ---- hooks --------------------------------------------------------------------------------
 
     def _fit(
@@ -96,50 +93,34 @@ class RetrievalAdapter(Adapter):
         resume: bool,
         run_dir: Path | None,
     ) -> FitResult:
-        from promptkit.knowledge import KnowledgeBase
+        assert self.base_ is not None
+        if self.config.demonstrations:
+            self.memory_ = ExampleMemory.build(self.task, train, self.config.embedder)
+        base_train = [self._with_context(r) for r in train]
+        return self.base_.fit(base_train, eval_data)
 
-        result = FitResult()
-        if self._knn or self.config.demonstrations:
-            field, label = self.task.text_fields[0], self.task.label_field
-            records = [
-                {"text": r[field], "label": r[label], "row": i, "source": f"example:{i}"}
-                for i, r in enumerate(train)
-            ]
-            self.memory_ = KnowledgeBase.build(
-                records, embedder=self.config.embedder, chunking={"max_tokens": 512, "overlap": 0}
-            )
-        if self.base_ is not None:
-            base_train = [self._with_context(r, i) for i, r in enumerate(train)]
-            result = self.base_.fit(base_train, eval_data)
-        result.total_params = result.total_params or 0
-        return result
-
-    def _with_context(
-        self, record: dict[str, Any], _: int = 0, hits: list[Any] | None = None
-    ) -> dict[str, Any]:
+    def _with_context(self, record: dict[str, Any], hits: list[Any] | None = None) -> dict[str, Any]:
         if self.knowledge_ is None or self.config.context_field in record:
             return record
-        query = " ".join(str(record[f]) for f in self.task.text_fields)
-        found = (
-            hits
-            if hits is not None
-            else self.knowledge_.search(
-                query, k=self.config.top_k, filter=self.config.filter, hybrid=self.config.hybrid
+        if hits is None:
+            hits = self.knowledge_.search(
+                query_text(self.task, record),
+                k=self.config.top_k,
+                filter=self.config.filter,
+                hybrid=self.config.hybrid,
             )
-        )
-        return {**record, self.config.context_field: [h.to_dict() for h in found]}
+        return {**record, self.config.context_field: [h.to_dict() for h in hits]}
 
     def _predict(self, records: list[dict[str, Any]]) -> list[Prediction]:
-        queries = [" ".join(str(r[f]) for f in self.task.text_fields) for r in records]
-        if self._knn:
-            return self._vote(self._memory().search_many(queries, k=self.config.top_k))
+        assert self.base_ is not None
+        queries = [query_text(self.task, r) for r in records]
         enriched = records
         sources: list[list[dict[str, Any]]] = [[] for _ in records]
         if self.knowledge_ is not None:
             hits = self.knowledge_.search_many(
                 queries, k=self.config.top_k, filter=self.config.filter, hybrid=self.config.hybrid
             )
-            enriched = [self._with_context(r, hits=h) for r, h in zip(records, hits, strict=True)]
+            enriched = [self._with_context(r, h) for r, h in zip(records, hits, strict=True)]
             sources = [
                 [
                     {
@@ -153,56 +134,27 @@ class RetrievalAdapter(Adapter):
                 ]
                 for h in hits
             ]
-        if self.config.demonstrations:
-            neighbours = self._memory().search_many(queries, k=self.config.top_k)
-            field, label = self.task.text_fields[0], self.task.label_field
+        if self.memory_ is not None:
+            neighbours = self.memory_.nearest(queries, self.config.demonstrations)
+            label = self.task.label_field
             enriched = [
                 {
                     **r,
+                    # nearest last: the closest example sits right before the input
                     "demonstrations": [
-                        {field: h.text, label: h.metadata["label"]} for h in reversed(found)
+                        {**e["fields"], label: e["label"]} for e, _ in reversed(found)
                     ],
                 }
                 for r, found in zip(enriched, neighbours, strict=True)
             ]
-        assert self.base_ is not None
         predictions = self.base_.predict(enriched)
         for prediction, used in zip(predictions, sources, strict=True):
             prediction.sources = used or None
         return predictions
 
-    def _memory(self) -> Any:
-        if self.memory_ is None:
-            raise ConfigError("This retrieval adapter has no labelled examples: call fit(train).")
-        return self.memory_
-
-    def _vote(self, neighbours: list[list[Any]]) -> list[Prediction]:
-        labels = self.task.labels
-        predictions = []
-        for hits in neighbours:
-            weights = dict.fromkeys(labels, 1e-9)
-            for hit in hits:
-                weights[hit.metadata["label"]] += math.exp(
-                    (hit.score - 1.0) / self.config.temperature
-                )
-            total = sum(weights.values())
-            scores = {label: weights[label] / total for label in labels}
-            best = max(labels, key=scores.__getitem__)
-            predictions.append(
-                Prediction(
-                    label=best,
-                    scores=scores,
-                    sources=[
-                        {"source": h.source, "score": h.score, "label": h.metadata["label"]}
-                        for h in hits
-                    ],
-                )
-            )
-        return predictions
-
     def _state_bytes(self) -> int:
-        parts = [self.knowledge_, self.memory_]
-        size = sum(part.nbytes() for part in parts if part is not None)
+        size = self.knowledge_.nbytes() if self.knowledge_ is not None else 0
+        size += self.memory_.nbytes() if self.memory_ is not None else 0
         return size + (self.base_.artifact_bytes() if self.base_ is not None else 0)
 
     def _save(self, directory: Path) -> None:
@@ -220,6 +172,6 @@ class RetrievalAdapter(Adapter):
         if (directory / "knowledge").is_dir():
             self.knowledge_ = KnowledgeBase.load(directory / "knowledge")
         if (directory / "memory").is_dir():
-            self.memory_ = KnowledgeBase.load(directory / "memory")
+            self.memory_ = ExampleMemory.load(directory / "memory", self.task)
         if (directory / "base").is_dir():
             self.base_ = load_adapter(directory / "base")
