@@ -45,6 +45,13 @@ def validate(model: type[M], data: dict[str, Any], what: str | None = None) -> M
         return model.model_validate(data)
     except ValidationError as exc:
         message = validation_message(exc, what or model.__name__)
-        if any(e["type"] == "extra_forbidden" for e in exc.errors()):
-            message += f". Allowed settings: {', '.join(sorted(model.model_fields))}."
+        extra = [e for e in exc.errors() if e["type"] == "extra_forbidden"]
+        if extra:
+            import difflib
+
+            for error in extra:
+                close = difflib.get_close_matches(str(error["loc"][-1]), model.model_fields, n=1)
+                if close:
+                    message += f". Did you mean {close[0]!r} for {error['loc'][-1]!r}?"
+            message += f" Allowed settings: {', '.join(sorted(model.model_fields))}."
         raise ConfigError(message) from exc

@@ -7,15 +7,16 @@ one report per experiment plus a combined report in the output folder.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import Field
+from pydantic import Field, create_model, field_validator
 
 from promptkit.config import StrictModel, validate
 from promptkit.errors import ConfigError
@@ -45,7 +46,20 @@ class ExperimentConfig(StrictModel):
     )
     knowledge: dict[str, KnowledgeSpec] = Field(default_factory=dict)
     metrics: list[str] | None = None
+
+    @field_validator("adapters", mode="before")
+    @classmethod
+    def _typed_adapters(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            for key, spec in value.items():
+                check_adapter_spec(key, spec)
+        return value
     resamples: int = Field(1000, ge=10)
+    seeds: list[int] | None = Field(
+        None,
+        description="Fit every trainable adapter once per seed, e.g. [0, 1, 2]; the report "
+        "shows the spread over seeds and its tests use every seed.",
+    )
     fit: bool = Field(True, description="Fit adapters on the train split before evaluating.")
 
 
@@ -55,6 +69,61 @@ class RunConfig(StrictModel):
     seed: int = 0
     save_adapters: bool = False
     experiments: list[ExperimentConfig]
+
+
+# ---- typed adapter settings -------------------------------------------------------------------
+
+
+@functools.cache
+def adapter_spec(name: str) -> type[StrictModel]:
+    """The run-config form of a registered adapter's settings: its ``Config`` with
+    ``adapter: <name>`` as the tag, ``task`` optional (the experiment's by default), a nested
+    ``base`` spec and ``knowledge`` naming one of the experiment's knowledge bases."""
+    from promptkit.adapters import adapters
+
+    config = adapters.get(name).Config
+    fields: dict[str, Any] = {
+        "adapter": (Literal[name], Field(description="Registry name of the adapter.")),  # type: ignore[valid-type]
+        "task": (dict[str, Any] | None, Field(None, description="Overrides the experiment task.")),
+    }
+    if "base" in config.model_fields:
+        fields["base"] = (dict[str, Any] | None, Field(None, description="A nested adapter."))
+    if "knowledge" in config.model_fields:
+        fields["knowledge"] = (
+            str | None,
+            Field(None, description="Key of a knowledge base in this experiment."),
+        )
+    return create_model(f"{name}_settings", __base__=config, **fields)  # type: ignore[call-overload,no-any-return]
+
+
+def check_adapter_spec(key: str, spec: Any) -> dict[str, Any]:
+    """Validate one adapter block (and its nested base) against its adapter's settings."""
+    from promptkit.adapters import adapters
+
+    if not isinstance(spec, dict) or not spec.get("adapter"):
+        raise ConfigError(f"Adapter {key!r} needs 'adapter: <registry name>', got {spec!r}.")
+    name = spec["adapter"]
+    if name not in adapters:
+        raise ConfigError(f"Adapter {key!r}: " + adapters.unknown_message(name))
+    if isinstance(spec.get("base"), dict):
+        check_adapter_spec(f"{key}.base", spec["base"])
+    validate(adapter_spec(name), spec, f"settings of adapter {key!r} ({name})")
+    return spec
+
+
+def typed_run_config() -> type[RunConfig]:
+    """``RunConfig`` whose adapter blocks are a union tagged by ``adapter``, built from the
+    adapter registry, so the JSON Schema and ``config check`` see every adapter's settings."""
+    from promptkit.adapters import adapters
+
+    specs = tuple(adapter_spec(n) for n in adapters.names())
+    union = Annotated[Union[specs], Field(discriminator="adapter")]  # type: ignore[valid-type]  # noqa: UP007
+    experiment = create_model(
+        "TypedExperimentConfig", __base__=ExperimentConfig, adapters=(dict[str, union], ...)
+    )
+    return create_model(  # type: ignore[call-overload,no-any-return]
+        "RunConfig", __base__=RunConfig, experiments=(list[experiment], ...)
+    )
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
@@ -71,7 +140,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     for override in overrides or []:
         apply_override(data, override)
         log.warning("override from the command line: %s", override)
-    return validate(RunConfig, data, f"run config {file}")
+    config = validate(RunConfig, data, f"run config {file}")
+    return config
 
 
 def apply_override(data: dict[str, Any], override: str) -> None:
@@ -195,9 +265,13 @@ def run(config: RunConfig, echo: Any = print) -> Path:
         adapters = {}
         train = splits.get(experiment.train_split)
         eval_data = splits.get(experiment.eval_split) if experiment.eval_split else None
+        repeated = experiment.seeds is not None and len(experiment.seeds) > 1
+        if repeated and config.save_adapters:
+            log.warning("save_adapters: with seeds, each fit is a copy inside the comparison; "
+                        "no adapter is saved")
         for name, spec in experiment.adapters.items():
             adapter = build_adapter(spec, task, knowledge)
-            if experiment.fit:
+            if experiment.fit and not repeated:
                 if train is None:
                     raise ConfigError(
                         f"Experiment {experiment.name!r} has no split "
@@ -209,14 +283,19 @@ def run(config: RunConfig, echo: Any = print) -> Path:
                     f"   {name}: fit in {result.fit_seconds:.1f}s, "
                     f"{result.trainable_params:,} trainable parameters"
                 )
-            if config.save_adapters:
+            if config.save_adapters and not repeated:
                 adapter.save(output / experiment.name / "adapters" / name)
             adapters[name] = adapter
         evaluator = Evaluator(
             task, metrics=experiment.metrics, resamples=experiment.resamples, seed=config.seed
         )
         report = evaluator.compare(
-            adapters, splits[experiment.test_split], progress=lambda n: echo(f"   evaluating {n}")
+            adapters,
+            splits[experiment.test_split],
+            progress=lambda n: echo(f"   {'fitting and ' if repeated else ''}evaluating {n}"),
+            seeds=experiment.seeds if repeated else None,
+            train=train,
+            eval_data=eval_data,
         )
         report.title = f"{experiment.name} — {experiment.data}"
         if experiment.subsample:
@@ -234,4 +313,4 @@ def run(config: RunConfig, echo: Any = print) -> Path:
 
 
 def schema() -> str:
-    return json.dumps(RunConfig.model_json_schema(), indent=2)
+    return json.dumps(typed_run_config().model_json_schema(), indent=2)

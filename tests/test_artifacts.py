@@ -107,3 +107,26 @@ def test_interrupted_swap_is_recovered(tmp_path):
     time.sleep(0.01)
     assert read_manifest(root)["kind"] == "thing"
     assert (root / "data.bin").read_bytes() == b"old"
+
+
+def test_newer_settings_load_with_a_warning(tmp_path, tiny_bert, sentiment_task, toy_data):
+    import json
+    import warnings
+
+    import promptkit as pk
+
+    adapter = pk.create_adapter("full", model=tiny_bert, task=sentiment_task, epochs=1)
+    adapter.fit(toy_data[:8])
+    adapter.save(tmp_path / "a")
+    manifest_path = tmp_path / "a" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["config"]["setting_from_the_future"] = 3
+    manifest["config"]["task"]["another_new_one"] = True
+    manifest_path.write_text(json.dumps(manifest))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = pk.load_adapter(tmp_path / "a")
+    said = " ".join(str(w.message) for w in caught)
+    assert "setting_from_the_future" in said and "another_new_one" in said
+    assert [p.label for p in loaded.predict(toy_data[:4])] == [
+        p.label for p in adapter.predict(toy_data[:4])]

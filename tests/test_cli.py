@@ -49,6 +49,28 @@ def test_bad_config_is_one_line(tmp_path):
     typo.write_text("outptu: x\nexperiments: []\n")
     result = promptkit("config", "check", str(typo))
     assert "outptu: unknown setting" in result.stderr and result.returncode == 2
+    assert "Did you mean 'output'" in result.stderr
+
+
+def test_adapter_settings_are_typed(tmp_path):
+    config = tmp_path / "typo.yaml"
+    config.write_text("experiments:\n  - name: a\n    data: rotten_tomatoes\n"
+                      "    task: {kind: classification}\n"
+                      "    adapters:\n      mine: {adapter: lora, lerning_rate: 0.001}\n")
+    result = promptkit("config", "check", str(config))
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "lerning_rate: unknown setting" in result.stderr
+    assert "Did you mean 'learning_rate'" in result.stderr and "use_dora" in result.stderr
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("experiments:\n  - name: a\n    data: python_faq\n"
+                      "    task: {kind: generation, template: rag_qa}\n"
+                      "    adapters:\n      rag: {adapter: retrieval, knowledge: faq,\n"
+                      "                   base: {adapter: prompt, max_new_tokens: -1}}\n")
+    result = promptkit("config", "check", str(nested))
+    assert result.returncode == 2 and "max_new_tokens" in result.stderr
+    schema = json.loads(promptkit("config", "schema", check=True).stdout)
+    lora = schema["$defs"]["lora_settings"]["properties"]
+    assert {"r", "alpha", "use_dora", "learning_rate"} <= set(lora)
 
 
 def test_debug_shows_traceback(tmp_path):

@@ -124,3 +124,26 @@ def test_prefix_tuning_on_a_model_without_a_cache_says_why():
     adapter = pk.create_adapter("prefix_tuning", model=tiny_model("bert"), task=_cls())
     with pytest.raises(ConfigError, match="past_key_values.*p_tuning"):
         PrefixTuningAdapter._peft_config(adapter, "SEQ_CLS", NoCache())
+
+
+TRAINABLE = [name for name in adapters.names() if adapters.get(name).trains]
+
+
+@pytest.mark.parametrize("name", TRAINABLE)
+def test_same_seed_same_predictions(name: str) -> None:
+    """Two fits with one seed give identical predictions (every trainable adapter)."""
+    label, make, kind = CASES[name][0]
+    train = toy_classification(24) if kind == "cls" else toy_generation(12)
+    inputs = toy_classification(4, seed=1) if kind == "cls" else toy_generation(4)
+    import random
+
+    import torch
+
+    runs = []
+    for disturb in (0, 1):
+        random.random(), torch.rand(disturb + 1)  # global RNG state differs between the fits
+        adapter = make()
+        adapter.fit(train)
+        runs.append([p.to_dict() for p in adapter.predict(inputs)])
+    assert runs[0] == runs[1], f"{name} ({label}) is not reproducible with a fixed seed"
+    assert TRAINABLE, "no trainable adapters registered"

@@ -183,3 +183,41 @@ def test_compare_report_files(tiny_bert, sentiment_task, toy_data, tmp_path):
     rows = (tmp_path / "report" / "predictions.jsonl").read_text().splitlines()
     assert len(rows) == 2 * 16
     assert "k3" in report.table() and "McNemar" in report.markdown()
+
+
+def test_compare_over_seeds(tiny_bert, sentiment_task, toy_data):
+    from promptkit.testing import toy_classification
+
+    settings = {"model": tiny_bert, "task": sentiment_task, "epochs": 4, "batch_size": 8,
+                "learning_rate": 1e-3}
+    adapters = {"lora": pk.create_adapter("full", **settings),
+                "knn": pk.create_adapter("knn", task=sentiment_task, embedder=tiny_bert)}
+    test = toy_classification(40, seed=3)
+    evaluator = pk.Evaluator(sentiment_task, resamples=300)
+    report = evaluator.compare(adapters, test, seeds=[0, 1, 2], train=toy_data[:24])
+    assert not adapters["lora"].fitted_  # the adapters passed in are not changed
+    assert report.seed_count() == 3
+    lora, knn = report["lora"], report["knn"]
+    assert len(lora.predictions) == 3 * len(test) and {r["seed"] for r in lora.predictions} == {0, 1, 2}
+    values = [m["accuracy"] for m in lora.seed_metrics]
+    scores = {s: [r["scores"]["positive"] for r in lora.predictions if r["seed"] == s]
+              for s in (0, 1, 2)}
+    assert scores[0] != scores[1] != scores[2], "each seed is its own fit"
+    assert lora.metrics["accuracy"].value == pytest.approx(np.mean(values))
+    assert len({m["accuracy"] for m in knn.seed_metrics}) == 1  # nothing trains: same each seed
+    # intervals resample examples with all their seeds: as wide as one run's, not sqrt(3) less
+    single = evaluator.score(sentiment_task, test, knn_predictions(report, test))
+    pooled_width = knn.metrics["accuracy"].high - knn.metrics["accuracy"].low
+    single_width = single.metrics["accuracy"].high - single.metrics["accuracy"].low
+    assert pooled_width == pytest.approx(single_width, rel=0.35)
+    assert all("3 seeds" in c.test for c in report.comparisons)
+    assert "± " in report.markdown() and "training seeds" in report.html()
+    with pytest.raises(pk.errors.ConfigError, match="train="):
+        evaluator.compare(adapters, test, seeds=[0, 1])
+
+
+def knn_predictions(report, test):
+    from promptkit.adapters import Prediction
+
+    rows = [r for r in report["knn"].predictions if r["seed"] == 0]
+    return [Prediction(label=r["label"], scores=r["scores"]) for r in rows]

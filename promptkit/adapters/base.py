@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -89,6 +90,21 @@ def seed_everything(seed: int) -> None:
     from transformers import set_seed
 
     set_seed(seed)
+
+
+def _known(
+    settings: dict[str, Any], model: Any, root: Path, manifest: dict[str, Any]
+) -> dict[str, Any]:
+    """Settings this promptkit knows; unknown ones (from a newer version) are dropped with a
+    warning rather than refused, so artifacts stay loadable across minor versions."""
+    unknown = sorted(set(settings) - set(model.model_fields))
+    if unknown:
+        warnings.warn(
+            f"{root} was saved by promptkit {manifest.get('promptkit_version', '?')} with "
+            f"setting(s) this version does not know: {unknown}. They are ignored.",
+            stacklevel=3,
+        )
+    return {k: v for k, v in settings.items() if k not in unknown}
 
 
 class Adapter(ABC):
@@ -175,6 +191,16 @@ class Adapter(ABC):
             self._save(tmp)
         return Path(path)
 
+    @property
+    def learns(self) -> bool:
+        """Whether fitting changes predictions with the seed (so repeating it over seeds pays)."""
+        return self.trains
+
+    def clone(self, **overrides: Any) -> Adapter:
+        """A new, unfitted adapter with the same settings; ``overrides`` replace some of them
+        (``adapter.clone(seed=1)``)."""
+        return type(self)(self.config.model_copy(update=overrides))
+
     def artifact_bytes(self) -> int:
         """About how many bytes :meth:`save` would write, measured without writing anything."""
         self._check_fitted()
@@ -190,8 +216,8 @@ class Adapter(ABC):
         adapter_cls = adapters.get(manifest["kind"]) if cls is Adapter else cls
         if adapter_cls.name != manifest["kind"]:
             raise ArtifactError(f"{root} holds a {manifest['kind']!r} adapter, not {cls.name!r}.")
-        settings = dict(manifest["config"])
-        task = dict(settings["task"])
+        settings = _known(dict(manifest["config"]), adapter_cls.Config, root, manifest)
+        task = _known(dict(settings["task"]), Task, root, manifest)
         if task.get("template"):  # format exactly as trained
             task["template"] = str((root / "template.j2").resolve())
         settings["task"] = task

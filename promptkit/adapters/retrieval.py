@@ -75,6 +75,15 @@ class RetrievalAdapter(Adapter):
             )
         return adapter
 
+    @property
+    def learns(self) -> bool:
+        return self.base_ is not None and self.base_.learns
+
+    def clone(self, **overrides: Any) -> Adapter:
+        """A new, unfitted copy; the base adapter is copied too, the knowledge base shared."""
+        base = self.base_.clone(**overrides) if self.base_ is not None else None
+        return super().clone(**overrides, base=base, knowledge=self.knowledge_)
+
     @staticmethod
     def _as_knowledge(value: Any) -> Any:
         if value is None or not isinstance(value, (str, Path)):

@@ -62,6 +62,7 @@ class AdapterResult:
     predictions: list[dict[str, Any]] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
     seed_metrics: list[dict[str, float]] = field(default_factory=list)  # one entry per seed
+    repeats: int = 1  # training seeds stacked in ``predictions`` (each a copy of the examples)
     batch: Any = None  # kept for paired tests; not serialized
 
 
@@ -143,24 +144,80 @@ class Evaluator:
         adapters: Mapping[str, Adapter],
         data: DataSource,
         progress: Callable[[str], None] | None = None,
+        *,
+        seeds: Sequence[int] | None = None,
+        train: DataSource | None = None,
+        eval_data: DataSource | None = None,
     ) -> Report:
-        """Predict with every adapter on ``data`` and compare them pairwise."""
+        """Predict with every adapter on ``data`` and compare them pairwise.
+
+        With ``seeds=[0, 1, 2]`` every adapter that trains is fitted once per seed on ``train``
+        (a fresh copy each time; the adapters passed in are not changed). The metrics then pool
+        every seed's predictions, with intervals that resample examples (all seeds of an example
+        together); the report adds each metric's spread over seeds, and the paired tests use
+        every seed.
+        """
         if not adapters:
             raise ConfigError("compare() needs at least one adapter.")
         task = self.task or next(iter(adapters.values())).task
         records = task.prepare(data, name="evaluation data")
+        seeds = list(seeds or [])
+        if len(seeds) > 1 and train is None:
+            raise ConfigError(f"seeds={seeds} refits each adapter once per seed: pass train=...")
         results = []
         for name, adapter in adapters.items():
             if progress:
                 progress(name)
-            start = time.perf_counter()
-            predictions = adapter.predict(records)
-            seconds = time.perf_counter() - start
-            result = self.score(task, records, predictions, name)
-            result.costs.update(_costs(adapter, len(records), seconds))
+            if len(seeds) > 1:
+                result = self._over_seeds(task, records, name, adapter, seeds, train, eval_data)
+            else:
+                start = time.perf_counter()
+                predictions = adapter.predict(records)
+                seconds = time.perf_counter() - start
+                result = self.score(task, records, predictions, name)
+                result.costs.update(_costs(adapter, len(records), seconds))
             result.config = {"adapter": adapter.name, **_safe_config(adapter)}
             results.append(result)
         return self._report(task, results, records)
+
+    def _over_seeds(
+        self,
+        task: Task,
+        records: list[dict[str, Any]],
+        name: str,
+        adapter: Adapter,
+        seeds: list[int],
+        train: DataSource,
+        eval_data: DataSource | None,
+    ) -> AdapterResult:
+        """Fit a copy of ``adapter`` per seed; score the pooled predictions of every seed."""
+        runs, seconds, fitted = [], 0.0, adapter
+        for seed in seeds:
+            if adapter.learns or not runs:
+                fitted = adapter.clone(seed=seed)
+                fitted.fit(train, eval_data=eval_data if fitted.trains else None)
+                start = time.perf_counter()
+                runs.append(fitted.predict(records))
+                seconds += time.perf_counter() - start
+            else:  # nothing trains: every seed predicts the same
+                runs.append(runs[0])
+        pooled = [p for run in runs for p in run]
+        result = self.score(task, records * len(seeds), pooled, name, repeats=len(seeds))
+        for index, row in enumerate(result.predictions):
+            row["seed"] = seeds[index // len(records)]
+            row["index"] = index % len(records)
+        result.seed_metrics = [self._point_metrics(task, records, run) for run in runs]
+        result.costs.update(_costs(fitted, len(records), seconds / len(runs)))
+        return result
+
+    def _point_metrics(
+        self, task: Task, records: Sequence[Mapping[str, Any]], predictions: Sequence[Prediction]
+    ) -> dict[str, float]:
+        """Each metric's value on one run (no intervals)."""
+        scored = Evaluator(self.task, self.metric_names, resamples=10, seed=self.seed).score(
+            task, records, predictions
+        )
+        return {k: v.value for k, v in scored.metrics.items()}
 
     def score(
         self,
@@ -168,13 +225,21 @@ class Evaluator:
         records: Sequence[Mapping[str, Any]],
         predictions: Sequence[Prediction],
         name: str = "predictions",
+        repeats: int = 1,
     ) -> AdapterResult:
-        """Metrics for precomputed predictions (aligned with ``records``)."""
+        """Metrics for precomputed predictions (aligned with ``records``).
+
+        ``repeats > 1``: ``records`` holds that many stacked copies of the examples (one per
+        training seed), and intervals resample examples with all their copies.
+        """
         if len(records) != len(predictions):
             raise DataError(f"{len(predictions)} predictions for {len(records)} examples.")
         if task.kind == "classification":
-            return self._score_classification(task, records, predictions, name)
-        return self._score_generation(task, records, predictions, name)
+            result = self._score_classification(task, records, predictions, name, repeats)
+        else:
+            result = self._score_generation(task, records, predictions, name, repeats)
+        result.repeats = repeats
+        return result
 
     def _specs(self, defaults: list[str]) -> list[MetricSpec]:
         return [metrics.get(n) for n in (self.metric_names or defaults)]
@@ -185,6 +250,7 @@ class Evaluator:
         records: Sequence[Mapping[str, Any]],
         predictions: Sequence[Prediction],
         name: str,
+        repeats: int = 1,
     ) -> AdapterResult:
         labels = task.labels
         have_scores = all(p.scores for p in predictions)
@@ -201,7 +267,9 @@ class Evaluator:
         )
         specs = self._specs(CLASSIFICATION_DEFAULTS + (SCORE_DEFAULTS if have_scores else []))
         specs = [s for s in specs if have_scores or not s.needs_scores]
-        intervals = bootstrap(specs, batch, len(records), self.resamples, self.alpha, self.seed)
+        intervals = bootstrap(
+            specs, batch, len(records), self.resamples, self.alpha, self.seed, repeats
+        )
         k = len(labels)
         confusion = np.bincount(batch.refs * k + batch.preds, minlength=k * k).reshape(k, k)
         per_class = {}
@@ -235,6 +303,7 @@ class Evaluator:
         records: Sequence[Mapping[str, Any]],
         predictions: Sequence[Prediction],
         name: str,
+        repeats: int = 1,
     ) -> AdapterResult:
         contexts = None
         if any(p.sources for p in predictions):
@@ -245,7 +314,9 @@ class Evaluator:
             contexts,
         )
         specs = self._specs(GENERATION_DEFAULTS + (RAG_DEFAULTS if contexts else []))
-        intervals = bootstrap(specs, batch, len(records), self.resamples, self.alpha, self.seed)
+        intervals = bootstrap(
+            specs, batch, len(records), self.resamples, self.alpha, self.seed, repeats
+        )
         rows = [
             {
                 "index": i,
@@ -349,7 +420,11 @@ class Evaluator:
     def _paired(self, spec: MetricSpec, a: AdapterResult, b: AdapterResult) -> Comparison:
         n = len(a.predictions)
         difference = a.metrics[spec.name].value - b.metrics[spec.name].value
-        if spec.name == "accuracy":
+        repeats = max(a.repeats, b.repeats)
+        if repeats > 1:  # seeds of one example are not independent: resample examples whole
+            test = f"paired bootstrap over examples ({repeats} seeds)"
+            p = paired_bootstrap(spec, a.batch, b.batch, n, self.resamples, self.seed, repeats)
+        elif spec.name == "accuracy":
             test = "McNemar exact"
             p = mcnemar_exact(a.batch.refs == a.batch.preds, b.batch.refs == b.batch.preds)[
                 "p_value"

@@ -79,6 +79,7 @@ class Report:
                     "per_class": r.per_class,
                     "confusion": r.confusion,
                     "config": r.config,
+                    "seed_metrics": r.seed_metrics,
                 }
                 for r in self.results
             },
@@ -149,6 +150,13 @@ class Report:
         buffer = io.StringIO()
         console = Console(file=buffer, width=140, force_terminal=False)
         console.print(table)
+        if self.seed_rows():
+            spread = Table(title=f"spread over {self.seed_count()} training seeds")
+            for column in ["adapter", *names]:
+                spread.add_column(column, overflow="fold")
+            for row in self.seed_rows():
+                spread.add_row(*row[: len(names) + 1])
+            console.print(spread)
         costs = self.cost_columns()
         if costs:
             cost_table = Table(title="costs")
@@ -183,6 +191,15 @@ class Report:
         header = ["adapter", *self.metric_names]
         lines += ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
         lines += ["| " + " | ".join(row) + " |" for row in self.metric_rows()]
+        if self.seed_rows():
+            lines += [
+                "",
+                f"## Spread over {self.seed_count()} training seeds (mean ± sd, min–max)",
+                "",
+                "| " + " | ".join(header) + " |",
+                "|" + " --- |" * len(header),
+            ]
+            lines += ["| " + " | ".join(row) + " |" for row in self.seed_rows()]
         costs = self.cost_columns()
         if costs:
             lines += [

@@ -28,8 +28,19 @@ class Interval:
         return {"value": self.value, "low": self.low, "high": self.high}
 
 
-def weight_blocks(n: int, resamples: int, seed: int) -> Iterator[np.ndarray]:
-    """Bootstrap count matrices (rows: resamples, columns: examples), block by block."""
+def weight_blocks(
+    n: int, resamples: int, seed: int, repeats: int = 1
+) -> Iterator[np.ndarray]:
+    """Bootstrap count matrices (rows: resamples, columns: examples), block by block.
+
+    With ``repeats > 1`` the ``n`` rows are ``repeats`` stacked copies of the same examples (one
+    per training seed); an example is then resampled with all its copies (a cluster bootstrap),
+    so an interval reflects the test sample's size, not ``repeats`` times it.
+    """
+    if repeats > 1:
+        for counts in weight_blocks(n // repeats, resamples, seed):
+            yield np.tile(counts, (1, repeats))
+        return
     rng = np.random.default_rng(seed)
     block = max(1, min(resamples, BLOCK_CELLS // max(n, 1)))
     done = 0
@@ -58,10 +69,11 @@ def bootstrap(
     resamples: int = 1000,
     alpha: float = 0.05,
     seed: int = 0,
+    repeats: int = 1,
 ) -> dict[str, Interval]:
     """Percentile bootstrap intervals for several metrics on the same resamples."""
     draws: dict[str, list[np.ndarray]] = {s.name: [] for s in specs}
-    for weights in weight_blocks(n, resamples, seed):
+    for weights in weight_blocks(n, resamples, seed, repeats):
         for spec in specs:
             draws[spec.name].append(np.atleast_1d(resampled(spec, batch, weights)))
     out = {}
@@ -120,11 +132,17 @@ def paired_permutation(
 
 
 def paired_bootstrap(
-    spec: MetricSpec, batch_a: Any, batch_b: Any, n: int, resamples: int = 1000, seed: int = 0
+    spec: MetricSpec,
+    batch_a: Any,
+    batch_b: Any,
+    n: int,
+    resamples: int = 1000,
+    seed: int = 0,
+    repeats: int = 1,
 ) -> float:
     """Two-sided p-value that metric(a) - metric(b) = 0, from the same resamples for both."""
     diffs = []
-    for weights in weight_blocks(n, resamples, seed):
+    for weights in weight_blocks(n, resamples, seed, repeats):
         diffs.append(
             np.atleast_1d(resampled(spec, batch_a, weights))
             - np.atleast_1d(resampled(spec, batch_b, weights))
