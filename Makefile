@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.stamp-$(shell cat pyproject.toml Makefile | sha256sum | cut -c1-16)
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast demo bench lint typecheck clean
+.PHONY: setup test test-fast test-gpu demo bench lint typecheck clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,12 @@ test: setup
 
 test-fast: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+# On a machine with an NVIDIA GPU: every adapter on CUDA, matching the CPU (fails without CUDA).
+# PyPI's default torch wheel for Linux is a CUDA build: make test-gpu TORCH_SPEC='torch==2.13.0'
+test-gpu: setup
+	$(BIN)/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'make test-gpu needs a CUDA device (and a CUDA build of torch, see TORCH_SPEC)')"
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/gpu $(PYTEST_ARGS)
 
 demo: setup
 	HF_HUB_OFFLINE=1 $(BIN)/promptkit run examples/configs/demo.yaml

@@ -309,6 +309,10 @@ def template_render(
     ] = None,
     data: Annotated[str | None, typer.Option(help="Dataset name or path.")] = None,
     n: Annotated[int, typer.Option("--n", help="Examples from --data.")] = 3,
+    max_output_chars: Annotated[
+        int, typer.Option(help="Stop a render past this many characters.")
+    ] = 1_000_000,
+    timeout: Annotated[float, typer.Option(help="Stop a render past this many seconds.")] = 5.0,
 ) -> None:
     """Render a template on an example or on the first examples of a dataset."""
     from promptkit import datasets
@@ -317,6 +321,7 @@ def template_render(
     from promptkit.templates import load_template
 
     template = load_template(name)
+    template.max_output_chars, template.timeout = max_output_chars, timeout
     if example is not None:
         try:
             rows = [json.loads(example)]

@@ -223,14 +223,27 @@ def test_metrics_on_arbitrary_inputs(rows):
     p = np.array([r[2] for r in rows]).reshape(-1, 1)
     scores = np.hstack([p, (1 - p) / 2, (1 - p) / 2]) + 1e-9
     batch = ClassificationBatch(refs, preds, ["a", "b", "c"], scores)
-    for name in ("accuracy", "f1_macro", "precision_weighted", "recall_micro", "log_loss", "ece",
-                 "roc_auc"):
-        value = metrics.get(name).compute(batch)
-        assert np.isnan(value) or np.isfinite(value)
+    values = {name: metrics.get(name).compute(batch)
+              for name in ("accuracy", "f1_macro", "precision_weighted", "recall_micro",
+                           "log_loss", "ece", "roc_auc")}
+    if not rows:  # nothing to measure: no metric may invent a value
+        assert all(np.isnan(v) for v in values.values()), values
+        return
+    from sklearn.metrics import f1_score, log_loss
+
+    assert values["accuracy"] == pytest.approx(np.mean(refs == preds))
+    assert values["recall_micro"] == pytest.approx(np.mean(refs == preds))  # micro = accuracy
+    assert values["f1_macro"] == pytest.approx(
+        f1_score(refs, preds, average="macro", zero_division=0))  # labels present, as sklearn
+    assert 0 <= values["precision_weighted"] <= 1 and 0 <= values["ece"] <= 1
+    normalized = scores / scores.sum(1, keepdims=True)
+    assert values["log_loss"] == pytest.approx(log_loss(refs, normalized, labels=[0, 1, 2]),
+                                               rel=1e-4)
+    assert np.isnan(values["roc_auc"]) or 0 <= values["roc_auc"] <= 1
     texts = GenerationBatch([str(r[2]) for r in rows], [str(r[0]) for r in rows])
-    for name in ("exact_match", "token_f1"):
-        value = metrics.get(name).compute(texts)
-        assert np.isnan(value) or 0 <= value <= 1
+    same = np.mean([str(r[2]) == str(r[0]) for r in rows])
+    assert metrics.get("exact_match").compute(texts) == pytest.approx(same)
+    assert 0 <= metrics.get("token_f1").compute(texts) <= 1
 
 
 def test_docstore_file_is_plain_sqlite(tmp_path, tiny_bert):

@@ -119,15 +119,17 @@ def test_truncation_cuts_only_the_marked_field():
 def test_chat_template_wraps_prompt(tiny_gpt2, sentiment_task):
     adapter = pk.create_adapter("prompt", model=tiny_gpt2, task=sentiment_task)
     adapter._ensure_model()
-    adapter._tokenizer.chat_template = (
+    adapter._tokenizer.chat_template = (  # the tokenizer is shared: restored in finally
         "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}"
         "{% if add_generation_prompt %}<|assistant|>{% endif %}")
-    prompt = adapter.prompts([{"text": "good film"}])[0]
-    assert prompt.startswith("<|user|>Review: good film") and prompt.endswith("<|assistant|>")
-    plain = pk.create_adapter("prompt", model=tiny_gpt2, task=sentiment_task, chat=False)
-    plain._ensure_model()
-    assert plain.prompts([{"text": "good film"}])[0].startswith("Review: good film")
-    adapter._tokenizer.chat_template = None
+    try:
+        prompt = adapter.prompts([{"text": "good film"}])[0]
+        assert prompt.startswith("<|user|>Review: good film") and prompt.endswith("<|assistant|>")
+        plain = pk.create_adapter("prompt", model=tiny_gpt2, task=sentiment_task, chat=False)
+        plain._ensure_model()
+        assert plain.prompts([{"text": "good film"}])[0].startswith("Review: good film")
+    finally:
+        adapter._tokenizer.chat_template = None
 
 
 def test_checker_finds_each_mistake():
@@ -167,7 +169,41 @@ def test_saved_adapter_keeps_its_template(tmp_path, tiny_gpt2, toy_data):
 
 
 @pytest.mark.parametrize("text", ["{{", "{% for %}", "{# unclosed", "{{ x | nosuchfilter }}",
-                                  "\x00\x01", "{{ 1/0 }}", "{{ x.y.z }}"])
-def test_bad_templates_raise_promptkit_errors_only(text):
-    with contextlib.suppress(PromptkitError):
+                                  "{{ 1/0 }}", "{{ x.y.z }}"])
+def test_bad_templates_raise_template_errors(text):
+    with pytest.raises(TemplateError):
         Template.from_string(text).render({"x": 1})
+
+
+def test_control_characters_are_plain_text():
+    assert Template.from_string("a\x00\x01{{ x }}").render({"x": 1}) == "a\x00\x011"
+
+
+@pytest.mark.parametrize(("source", "limit"), [
+    ("{{ 'a' * 1000000000 }}", "max_output_chars"),
+    ("{% for i in range(99999) %}{{ 'abcdefghijkl' }}{% endfor %}", "max_output_chars"),
+    ("{{ ('ab' ~ 'c') * 999999999 }}", "max_output_chars"),
+    ("{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}",
+     "timeout"),
+    ("{% set x = range(99999) | list %}{% for a in x %}{% for b in x %}{% endfor %}{% endfor %}",
+     "timeout"),
+])
+def test_rendering_is_bounded(source, limit):
+    import time
+
+    template = Template.from_string(source)
+    template.timeout = 0.5
+    start = time.perf_counter()
+    with pytest.raises(TemplateError, match=limit):
+        template.render({})
+    assert time.perf_counter() - start < 5
+    assert Template.from_string("{{ 'ok' * 3 }}").render({}) == "okokok"  # still renders
+
+
+def test_cli_render_of_a_huge_template_is_refused(tmp_path):
+    bomb = tmp_path / "bomb.j2"
+    bomb.write_text("{# ---\nname: bomb\ntask: generation\n--- #}\n{{ 'a' * 1000000000 }}")
+    result = subprocess.run([sys.executable, "-m", "promptkit", "template", "render", str(bomb),
+                             "--example", "{}"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and len(result.stdout) < 1000
+    assert "max_output_chars" in result.stderr

@@ -29,7 +29,9 @@ class ExampleMemory:
         self.knowledge, self.task = knowledge, task
 
     @classmethod
-    def build(cls, task: Task, records: list[dict[str, Any]], embedder: str) -> ExampleMemory:
+    def build(
+        cls, task: Task, records: list[dict[str, Any]], embedder: str, device: str = "auto"
+    ) -> ExampleMemory:
         from promptkit.knowledge import KnowledgeBase
 
         fields = task.text_fields
@@ -44,7 +46,7 @@ class ExampleMemory:
             for index, record in enumerate(records)
         ]
         knowledge = KnowledgeBase.build(
-            rows, embedder=embedder, chunking={"max_tokens": 512, "overlap": 0}
+            rows, embedder=embedder, chunking={"max_tokens": 512, "overlap": 0}, device=device
         )
         return cls(knowledge, task)
 
@@ -65,10 +67,10 @@ class ExampleMemory:
         self.knowledge.save(path)
 
     @classmethod
-    def load(cls, path: Path, task: Task) -> ExampleMemory:
+    def load(cls, path: Path, task: Task, device: str = "auto") -> ExampleMemory:
         from promptkit.knowledge import KnowledgeBase
 
-        return cls(KnowledgeBase.load(path), task)
+        return cls(KnowledgeBase.load(path, device=device), task)
 
 
 def query_text(task: Task, record: dict[str, Any]) -> str:
@@ -106,7 +108,9 @@ class KnnAdapter(Adapter):
         resume: bool,
         run_dir: Path | None,
     ) -> FitResult:
-        self.memory_ = ExampleMemory.build(self.task, train, self.config.embedder)
+        self.memory_ = ExampleMemory.build(
+            self.task, train, self.config.embedder, self.config.device
+        )
         return FitResult()
 
     def _predict(self, records: list[dict[str, Any]]) -> list[Prediction]:
@@ -145,4 +149,4 @@ class KnnAdapter(Adapter):
         self.memory_.save(directory / "memory")
 
     def _load(self, directory: Path, manifest: dict[str, Any]) -> None:
-        self.memory_ = ExampleMemory.load(directory / "memory", self.task)
+        self.memory_ = ExampleMemory.load(directory / "memory", self.task, self.config.device)

@@ -104,7 +104,9 @@ class RetrievalAdapter(Adapter):
     ) -> FitResult:
         assert self.base_ is not None
         if self.config.demonstrations:
-            self.memory_ = ExampleMemory.build(self.task, train, self.config.embedder)
+            self.memory_ = ExampleMemory.build(
+                self.task, train, self.config.embedder, self.config.device
+            )
         base_train = [self._with_context(r) for r in train]
         return self.base_.fit(base_train, eval_data)
 
@@ -179,8 +181,8 @@ class RetrievalAdapter(Adapter):
         from promptkit.knowledge import KnowledgeBase
 
         if (directory / "knowledge").is_dir():
-            self.knowledge_ = KnowledgeBase.load(directory / "knowledge")
+            self.knowledge_ = KnowledgeBase.load(directory / "knowledge", device=self.config.device)
         if (directory / "memory").is_dir():
-            self.memory_ = ExampleMemory.load(directory / "memory", self.task)
+            self.memory_ = ExampleMemory.load(directory / "memory", self.task, self.config.device)
         if (directory / "base").is_dir():
             self.base_ = load_adapter(directory / "base")

@@ -62,10 +62,12 @@ class KnowledgeBase:
         chunking: ChunkingConfig | Mapping[str, Any] | None = None,
         source: str | Path | None = None,
         strict: bool = False,
+        device: str = "auto",
     ) -> None:
         if index != "auto" and index not in index_types:
             raise KnowledgeBaseError(index_types.unknown_message(index))
         self.embedder_name = embedder
+        self.device = device  # where the embedder runs: a runtime choice, not saved
         self.index_type = index
         self.index_params = dict(index_params or {})
         self.chunking = (
@@ -99,10 +101,14 @@ class KnowledgeBase:
         index_params: dict[str, Any] | None = None,
         strict: bool = False,
         path: str | Path | None = None,
+        device: str = "auto",
     ) -> KnowledgeBase:
-        """Index a folder (or an iterable of records/strings). With ``path``, also save there."""
+        """Index a folder (or an iterable of records/strings). With ``path``, also save there.
+
+        ``device`` is where the embedder runs ("auto": CUDA if present, else CPU).
+        """
         folder = source if isinstance(source, (str, Path)) else None
-        kb = cls(embedder, index, index_params, chunking, folder, strict)
+        kb = cls(embedder, index, index_params, chunking, folder, strict, device)
         if folder is not None:
             kb._sync_folder()
         else:
@@ -114,7 +120,9 @@ class KnowledgeBase:
         return kb
 
     @classmethod
-    def load(cls, path: str | Path, embedder: str | None = None) -> KnowledgeBase:
+    def load(
+        cls, path: str | Path, embedder: str | None = None, device: str = "auto"
+    ) -> KnowledgeBase:
         """Open a saved knowledge base; ``embedder``, if given, must match the one it used."""
         root = Path(path)
         manifest = read_manifest(root, kind=KIND)
@@ -132,6 +140,7 @@ class KnowledgeBase:
             config.get("chunking"),
             None,
             config.get("strict", False),
+            device,
         )
         kb.source = config.get("source")
         kb._read(root, manifest)
@@ -166,7 +175,7 @@ class KnowledgeBase:
     @property
     def embedder(self) -> Embedder:
         if self._embedder is None:
-            self._embedder = get_embedder(self.embedder_name)
+            self._embedder = get_embedder(self.embedder_name, self.device)
             if self.dimension is not None and self._embedder.dimension != self.dimension:
                 raise KnowledgeBaseError(
                     f"Embedder {self.embedder_name!r} now gives {self._embedder.dimension}-dim "

@@ -16,15 +16,18 @@ class Embedder:
         self,
         name: str = "minilm",
         batch_size: int = 64,
-        device: str | None = None,
+        device: str = "auto",
         show_progress: bool = True,
     ) -> None:
         from sentence_transformers import SentenceTransformer
 
+        from promptkit.devices import resolve_device
+
         self.name = name
         self.batch_size = batch_size
         self.show_progress = show_progress
-        self.model = SentenceTransformer(models.resolve(name), device=device)
+        self.device = str(resolve_device(device))
+        self.model = SentenceTransformer(models.resolve(name), device=self.device)
         self.dimension = int(self.model.get_embedding_dimension() or 0)
         self.texts_encoded = 0
 
@@ -54,11 +57,14 @@ class Embedder:
         return np.asarray(vectors, dtype=np.float32)
 
 
-_EMBEDDERS: dict[str, Embedder] = {}
+_EMBEDDERS: dict[tuple[str, str], Embedder] = {}
 
 
-def get_embedder(name: str) -> Embedder:
-    """One shared embedder per name in a process (models are read-only at inference)."""
-    if name not in _EMBEDDERS:
-        _EMBEDDERS[name] = Embedder(name)
-    return _EMBEDDERS[name]
+def get_embedder(name: str, device: str = "auto") -> Embedder:
+    """One shared embedder per name and device in a process (read-only at inference)."""
+    from promptkit.devices import resolve_device
+
+    key = (name, str(resolve_device(device)))
+    if key not in _EMBEDDERS:
+        _EMBEDDERS[key] = Embedder(name, device=key[1])
+    return _EMBEDDERS[key]

@@ -141,6 +141,11 @@ def load_html(text: str, name: str) -> list[tuple[str, dict[str, Any]]]:
 def _table(rows: Iterable[dict[str, Any]], name: str) -> list[tuple[str, dict[str, Any]]]:
     out = []
     for number, row in enumerate(rows, start=1):
+        if not isinstance(row, dict):
+            raise KnowledgeBaseError(
+                f"{name}: row {number} is {type(row).__name__} {row!r:.40}, not an object with a "
+                "text field."
+            )
         text_key = next((k for k in ("text", "content", "body", "passage") if k in row), None)
         if text_key is None:
             raise KnowledgeBaseError(
