@@ -54,6 +54,7 @@ class ExperimentConfig(StrictModel):
             for key, spec in value.items():
                 check_adapter_spec(key, spec)
         return value
+
     resamples: int = Field(1000, ge=10)
     seeds: list[int] | None = Field(
         None,
@@ -83,7 +84,7 @@ def adapter_spec(name: str) -> type[StrictModel]:
 
     config = adapters.get(name).Config
     fields: dict[str, Any] = {
-        "adapter": (Literal[name], Field(description="Registry name of the adapter.")),  # type: ignore[valid-type]
+        "adapter": (Literal[name], Field(description="Registry name of the adapter.")),
         "task": (dict[str, Any] | None, Field(None, description="Overrides the experiment task.")),
     }
     if "base" in config.model_fields:
@@ -93,7 +94,8 @@ def adapter_spec(name: str) -> type[StrictModel]:
             str | None,
             Field(None, description="Key of a knowledge base in this experiment."),
         )
-    return create_model(f"{name}_settings", __base__=config, **fields)  # type: ignore[call-overload,no-any-return]
+    spec: type[StrictModel] = create_model(f"{name}_settings", __base__=config, **fields)
+    return spec
 
 
 def check_adapter_spec(key: str, spec: Any) -> dict[str, Any]:
@@ -118,12 +120,13 @@ def typed_run_config() -> type[RunConfig]:
 
     specs = tuple(adapter_spec(n) for n in adapters.names())
     union = Annotated[Union[specs], Field(discriminator="adapter")]  # type: ignore[valid-type]  # noqa: UP007
-    experiment = create_model(
+    experiment: Any = create_model(
         "TypedExperimentConfig", __base__=ExperimentConfig, adapters=(dict[str, union], ...)
     )
-    return create_model(  # type: ignore[call-overload,no-any-return]
+    typed: type[RunConfig] = create_model(
         "RunConfig", __base__=RunConfig, experiments=(list[experiment], ...)
     )
+    return typed
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
@@ -267,8 +270,10 @@ def run(config: RunConfig, echo: Any = print) -> Path:
         eval_data = splits.get(experiment.eval_split) if experiment.eval_split else None
         repeated = experiment.seeds is not None and len(experiment.seeds) > 1
         if repeated and config.save_adapters:
-            log.warning("save_adapters: with seeds, each fit is a copy inside the comparison; "
-                        "no adapter is saved")
+            log.warning(
+                "save_adapters: with seeds, each fit is a copy inside the comparison; "
+                "no adapter is saved"
+            )
         for name, spec in experiment.adapters.items():
             adapter = build_adapter(spec, task, knowledge)
             if experiment.fit and not repeated:
@@ -289,10 +294,11 @@ def run(config: RunConfig, echo: Any = print) -> Path:
         evaluator = Evaluator(
             task, metrics=experiment.metrics, resamples=experiment.resamples, seed=config.seed
         )
+        doing = "fitting and evaluating" if repeated else "evaluating"
         report = evaluator.compare(
             adapters,
             splits[experiment.test_split],
-            progress=lambda n: echo(f"   {'fitting and ' if repeated else ''}evaluating {n}"),
+            progress=functools.partial(_progress, echo, doing),
             seeds=experiment.seeds if repeated else None,
             train=train,
             eval_data=eval_data,
@@ -310,6 +316,10 @@ def run(config: RunConfig, echo: Any = print) -> Path:
     write_combined(reports, output, config.title, notes=[f"Wall time {elapsed:.0f} s."])
     echo(f"Reports written to {output}/report.html and {output}/report.md ({elapsed:.0f} s)")
     return output
+
+
+def _progress(echo: Any, doing: str, name: str) -> None:
+    echo(f"   {doing} {name}")
 
 
 def schema() -> str:

@@ -15,7 +15,6 @@ from promptkit.data import DataSource, Records, read_records
 from promptkit.errors import DataError
 from promptkit.templates import Template, load_template
 
-
 DEFAULT_TEMPLATES = {"classification": "classify", "generation": "generate"}
 MANY_LABELS = 20
 
@@ -43,7 +42,6 @@ def infer_labels(records: Records, label_field: str = "label", name: str = "data
             stacklevel=2,
         )
     return labels
-
 
 
 class Task(BaseModel):

@@ -183,9 +183,15 @@ class _Environment(jinja2.sandbox.ImmutableSandboxedEnvironment):
             a, b = _sized(left), _sized(right)
             if a is not None and b is not None and a + b > limit:
                 raise _OutputTooLarge
-        elif operator == "**" and isinstance(left, int) and isinstance(right, int):
-            if right > 0 and abs(left) > 1 and right * math.log2(abs(left)) > 8 * limit:
-                raise _OutputTooLarge
+        elif (
+            operator == "**"
+            and isinstance(left, int)
+            and isinstance(right, int)
+            and right > 0
+            and abs(left) > 1
+            and right * math.log2(abs(left)) > 8 * limit  # more bits than the output may hold
+        ):
+            raise _OutputTooLarge
         return super().call_binop(context, operator, left, right)
 
     def __init__(self, paths: Sequence[Path]) -> None:
@@ -399,15 +405,16 @@ class Template:
             return text
         context = {**self.defaults, **record, **extra}
         result = text
-        items = context.get(self.drop) if self.drop else None
-        if isinstance(items, list) and items:
+        drop = self.drop or ""
+        items = context.get(drop)
+        if drop and isinstance(items, list) and items:
             kept = _most_that_fit(
                 len(items),
-                lambda n: self.render({**context, self.drop: items[:n]}),  # type: ignore[index]
+                lambda n: self.render({**context, drop: items[:n]}),
                 count_tokens,
                 max_tokens,
             )
-            context[self.drop] = items[: kept[0]] if kept else []  # type: ignore[index]
+            context[drop] = items[: kept[0]] if kept else []
             result = kept[1] if kept else self.render(context)
         value = context.get(self.truncate) if self.truncate else None
         if count_tokens(result) > max_tokens and isinstance(value, str):

@@ -80,8 +80,13 @@ def _write(template):
 
 
 def test_scoring_memory_is_bounded_by_batch_size(tiny_gpt2):
-    adapter = make(tiny_gpt2, batch_size=16)
-    words = [" great", " terrible film", " fine", " bad movie", " good", " awful", " ok", " meh"]
+    eight = Template.from_string(
+        "{# ---\ntask: classification\nverbalizer: {negative: [terrible film, bad movie, awful, "
+        "meh], positive: [great, fine, good, ok]}\n--- #}\nReview: {{ text }}\nSentiment:")
+    task = pk.Task.classification(["negative", "positive"], template=str(_write(eight)))
+    adapter = pk.create_adapter("prompt", model=tiny_gpt2, task=task, chat=False, batch_size=16)
+    adapter._ensure_model()
+    assert len(adapter._label_words()) == 8
     rows_seen = []
     hook = adapter._model.register_forward_pre_hook(
         lambda module, args, kwargs: rows_seen.append(kwargs["input_ids"].shape[0]),

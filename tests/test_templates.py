@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import subprocess
 import sys
 import warnings
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import promptkit as pk
-from promptkit.errors import PromptkitError, TemplateError
+from promptkit.errors import TemplateError
 from promptkit.template_check import check_paths
 from promptkit.templates import Template, available_templates, load_template
 

@@ -58,7 +58,9 @@ class TrainingConfig(AdapterConfig):
     logging_steps: int = Field(20, ge=1)
     augment: str | None = Field(None, description="Data augmenter name, e.g. 'word_dropout'.")
     augment_copies: int = Field(1, ge=1, le=10)
-    head: HeadName = Field("auto", description="Model head; 'auto' picks from task and architecture.")
+    head: HeadName = Field(
+        "auto", description="Model head; 'auto' picks from task and architecture."
+    )
     from_scratch: bool = Field(False, description="Initialize weights randomly from the config.")
     report_to: list[str] = Field(default_factory=list, description="e.g. ['tensorboard'].")
     save_checkpoints: bool = Field(True, description="Keep checkpoints in the run directory.")

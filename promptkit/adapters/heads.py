@@ -90,9 +90,7 @@ class Head(ABC):
 
     # ---- prediction ---------------------------------------------------------------------------
 
-    def predict(
-        self, model: Any, records: Rows, options: GenerationOptions
-    ) -> list[Prediction]:
+    def predict(self, model: Any, records: Rows, options: GenerationOptions) -> list[Prediction]:
         prompts = render_inputs(self.task, records, self.tokenizer, self.max_length)
         texts = generate(model, self.tokenizer, prompts, options, causal=self.name == "causal_lm")
         return [Prediction(text=t) for t in texts]
@@ -182,9 +180,7 @@ class ClassificationHead(Head):
             "label2id": {v: k for k, v in labels.items()},
         }
 
-    def predict(
-        self, model: Any, records: Rows, options: GenerationOptions
-    ) -> list[Prediction]:
+    def predict(self, model: Any, records: Rows, options: GenerationOptions) -> list[Prediction]:
         import torch
 
         rows = self.encode(records, with_targets=False)

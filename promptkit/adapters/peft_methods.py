@@ -22,6 +22,7 @@ from promptkit.adapters.finetune import FineTuneAdapter, FullFineTune, TrainingC
 from promptkit.artifacts import sha256_file
 from promptkit.errors import ArtifactError, ConfigError, PromptkitError
 
+
 class PeftAdapter(FineTuneAdapter):
     """Shared PEFT plumbing: wrap the base model, save only adapter weights, reload onto base."""
 

@@ -144,9 +144,7 @@ class PromptAdapter(Adapter):
                 demos.pop(0)  # at most half the room; the one next to the input stays longest
             prefix = separator.join([*demos, ""]) if demos else ""
             room = max(budget - (self._count(prefix) - self._count("") if prefix else 0), 1)
-            body = template.render_fitted(
-                record, self._count, room, stats, labels=self.task.labels
-            )
+            body = template.render_fitted(record, self._count, room, stats, labels=self.task.labels)
             texts.append(self._wrap_chat(prefix + body))
         stats.warn(template.name, budget)
         return texts
@@ -194,7 +192,9 @@ class PromptAdapter(Adapter):
 
     def _content_free(self, demonstrations: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
         field = self.task.text_fields[0]
-        rows = [{f: "" for f in self.task.text_fields} | {field: v} for v in CONTENT_FREE]
+        rows: list[dict[str, Any]] = [
+            {f: "" for f in self.task.text_fields} | {field: v} for v in CONTENT_FREE
+        ]
         if demonstrations is not None:
             rows = [{**row, "demonstrations": demonstrations} for row in rows]
         return rows
@@ -327,7 +327,7 @@ class PromptAdapter(Adapter):
         for scored in pairs:
             length = min(s.start for s in scored)
             first = scored[0].ids
-            while length > 1 and any(s.ids[: length] != first[: length] for s in scored):
+            while length > 1 and any(s.ids[:length] != first[:length] for s in scored):
                 length -= 1
             shared.append(length - 1)  # the last shared token is fed with the word's tokens
         width = max(shared)

@@ -26,16 +26,20 @@ class RetrievalConfig(AdapterConfig):
     hybrid: bool = Field(False, description="Fuse BM25 with dense search.")
     context_field: str = Field("passages", description="Template variable for the passages.")
     demonstrations: int = Field(
-        0, ge=0, le=64, description="Nearest labelled training examples given to the base "
-        "prompt adapter as its demonstrations (0: none)."
+        0,
+        ge=0,
+        le=64,
+        description="Nearest labelled training examples given to the base "
+        "prompt adapter as its demonstrations (0: none).",
     )
     embedder: str = Field("minilm", description="Embedder for the demonstration memory.")
 
     @model_validator(mode="before")
     @classmethod
     def _task_from_base(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("task") is None and data.get("base") is not None:
-            data = {**data, "task": data["base"].task}
+        base = data.get("base") if isinstance(data, dict) else None
+        if isinstance(base, Adapter) and data.get("task") is None:
+            data = {**data, "task": base.task}
         return data
 
 
@@ -110,7 +114,9 @@ class RetrievalAdapter(Adapter):
         base_train = [self._with_context(r) for r in train]
         return self.base_.fit(base_train, eval_data)
 
-    def _with_context(self, record: dict[str, Any], hits: list[Any] | None = None) -> dict[str, Any]:
+    def _with_context(
+        self, record: dict[str, Any], hits: list[Any] | None = None
+    ) -> dict[str, Any]:
         if self.knowledge_ is None or self.config.context_field in record:
             return record
         if hits is None:

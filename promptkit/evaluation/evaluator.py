@@ -191,7 +191,8 @@ class Evaluator:
         eval_data: DataSource | None,
     ) -> AdapterResult:
         """Fit a copy of ``adapter`` per seed; score the pooled predictions of every seed."""
-        runs, seconds, fitted = [], 0.0, adapter
+        runs: list[list[Prediction]] = []
+        seconds, fitted = 0.0, adapter
         for seed in seeds:
             if adapter.learns or not runs:
                 fitted = adapter.clone(seed=seed)

@@ -332,9 +332,7 @@ class Report:
             "seed_count": self.seed_count(),
             "plots": self._plots(),
             "cost_header": ["adapter", *[label for _, label in costs]],
-            "cost_rows": [
-                [r.name, *[_fmt(r.costs.get(k)) for k, _ in costs]] for r in self.results
-            ]
+            "cost_rows": [[r.name, *[_fmt(r.costs.get(k)) for k, _ in costs]] for r in self.results]
             if costs
             else [],
             "primary_metric": primary,

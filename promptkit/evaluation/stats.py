@@ -28,9 +28,7 @@ class Interval:
         return {"value": self.value, "low": self.low, "high": self.high}
 
 
-def weight_blocks(
-    n: int, resamples: int, seed: int, repeats: int = 1
-) -> Iterator[np.ndarray]:
+def weight_blocks(n: int, resamples: int, seed: int, repeats: int = 1) -> Iterator[np.ndarray]:
     """Bootstrap count matrices (rows: resamples, columns: examples), block by block.
 
     With ``repeats > 1`` the ``n`` rows are ``repeats`` stacked copies of the same examples (one

@@ -114,7 +114,9 @@ class DocStore:
 
     def text_bytes(self) -> int:
         """Bytes of chunk text and metadata (a size estimate that reads no vectors)."""
-        row = self.conn.execute("SELECT SUM(LENGTH(text) + LENGTH(metadata)) FROM chunks").fetchone()
+        row = self.conn.execute(
+            "SELECT SUM(LENGTH(text) + LENGTH(metadata)) FROM chunks"
+        ).fetchone()
         return int(row[0] or 0)
 
     def document_count(self) -> int:
