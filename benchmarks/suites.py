@@ -231,10 +231,10 @@ def fit(smoke: bool, full: bool = False) -> dict[str, Any]:
     repeat = 1 if full else (2 if smoke else 3)
     data = _reviews(10**9 if n_train is None else n_train, smoke=smoke)
     test = _reviews(24 if smoke else 1276, "test", smoke)
-    task = pk.Task.classification(["negative", "positive"], template="sentiment")
+    task = pk.Task.classification(["negative", "positive"])  # a classification head: text alone
     model = _encoder(smoke)
     path = pk.models.resolve(model)
-    texts = [task.render(r) for r in data]  # the plain script sees the same input text
+    texts = [r["text"] for r in data]  # the plain script sees the same input text
     result: dict[str, Any] = {"train_examples": len(data), "test_examples": len(test),
                               "repeat": repeat}
     for kind, lr in (("full", 5e-5), ("lora", 5e-4)):
@@ -249,7 +249,7 @@ def fit(smoke: bool, full: bool = False) -> dict[str, Any]:
                     (trained, tokenizer), seconds, peak = measure(
                         lambda s=settings, k=kind: _plain_fit(k, path, data, s, texts))
                     accuracy["plain"] = _plain_accuracy(trained, tokenizer,
-                                                        [task.render(r) for r in test], test,
+                                                        [r["text"] for r in test], test,
                                                         settings["max_length"])
                 else:
                     adapter = pk.create_adapter(kind, model=model, task=task, logging_steps=50,
@@ -280,13 +280,13 @@ def fit(smoke: bool, full: bool = False) -> dict[str, Any]:
 def predict(smoke: bool) -> dict[str, Any]:
     from transformers import pipeline
 
-    task = pk.Task.classification(["negative", "positive"], template="sentiment")
+    task = pk.Task.classification(["negative", "positive"])
     adapter = pk.create_adapter("full", model=_encoder(smoke), task=task, epochs=1,
                                 batch_size=32, max_length=128, save_checkpoints=False)
     adapter.fit(_reviews(48 if smoke else 128, smoke=smoke))  # any trained model will do
     rows = _reviews(64 if smoke else 1000, "test", smoke)
     random.Random(0).shuffle(rows)
-    texts = [task.render(r) for r in rows]
+    texts = [r["text"] for r in rows]
     classifier = pipeline("text-classification", model=adapter.model_,
                           tokenizer=adapter.tokenizer_, device=-1, top_k=None)
     repeat = 2
@@ -416,7 +416,8 @@ QUALITY_LEARNING_RATES = {"full": 1e-4, "lora": 2e-3, "prompt_tuning": 3e-2,
 def quality(smoke: bool) -> dict[str, Any]:
     n_train = 48 if smoke else 1600  # sized so that make bench stays within 30 minutes
     train, test = _reviews(n_train, smoke=smoke), _reviews(24 if smoke else 1276, "test", smoke)
-    task = pk.Task.classification(["negative", "positive"], template="sentiment")
+    task = pk.Task.classification(["negative", "positive"])  # classification heads: text alone
+    prompted = pk.Task.classification(["negative", "positive"], template="sentiment")
     model = _encoder(smoke)
     settings = {"epochs": 1 if smoke else 2, "batch_size": 32, "max_length": 64,
                 "warmup_ratio": 0.1, "seed": 0, "save_checkpoints": False}
@@ -426,7 +427,7 @@ def quality(smoke: bool) -> dict[str, Any]:
     }
     candidates["zero_shot"] = pk.create_adapter(
         "prompt", model=pk.testing.tiny_model("gpt2") if smoke else "smollm2-135m-instruct",
-        task=task, batch_size=16)
+        task=prompted, batch_size=16)
     candidates["knn"] = pk.create_adapter("knn", task=task, embedder=model, top_k=10)
     for adapter in candidates.values():
         adapter.fit(train)

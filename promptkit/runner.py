@@ -20,6 +20,7 @@ from pydantic import Field, create_model, field_validator
 
 from promptkit.config import StrictModel, validate
 from promptkit.errors import ConfigError
+from promptkit.task import Task
 
 log = logging.getLogger("promptkit")
 
@@ -85,7 +86,7 @@ def adapter_spec(name: str) -> type[StrictModel]:
     config = adapters.get(name).Config
     fields: dict[str, Any] = {
         "adapter": (Literal[name], Field(description="Registry name of the adapter.")),
-        "task": (dict[str, Any] | None, Field(None, description="Overrides the experiment task.")),
+        "task": (Task | None, Field(None, description="Overrides the experiment's task.")),
     }
     if "base" in config.model_fields:
         fields["base"] = (dict[str, Any] | None, Field(None, description="A nested adapter."))

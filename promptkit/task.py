@@ -134,7 +134,16 @@ class Task(BaseModel):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Task:
-        return cls.model_validate(data)
+        """A task from its dict form (YAML, a manifest); ``text_fields`` defaults to the fields
+        the template reads, as in :meth:`classification` and :meth:`generation`."""
+        data = dict(data)
+        if data.get("kind") == "generation" and "prompt_fields" in data:
+            data["text_fields"] = data.pop("prompt_fields")
+        if "text_fields" not in data and data.get("kind") in DEFAULT_TEMPLATES:
+            data.setdefault("template", "")
+            data.setdefault("template_dirs", [])
+            return cls._build(text_fields=None, **data)
+        return validate(cls, data, "task")
 
     # ---- template -----------------------------------------------------------------------------
 

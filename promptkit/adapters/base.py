@@ -45,7 +45,7 @@ class AdapterConfig(StrictModel):
     @field_validator("task", mode="before")
     @classmethod
     def _task_from_dict(cls, value: Any) -> Any:
-        return Task.model_validate(value) if isinstance(value, dict) else value
+        return Task.from_dict(value) if isinstance(value, dict) else value
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
