@@ -1,12 +1,14 @@
 """Where a model runs and in which precision: one ``device`` and one ``dtype`` setting.
 
-``device="auto"`` is CUDA when present, else the CPU; ``dtype="auto"`` is float32, which gives the
+``device="auto"`` is CUDA when present (under torchrun, the process's ``LOCAL_RANK`` GPU), else
+the CPU; ``dtype="auto"`` is float32, which gives the
 same predictions on every device. Every batch is moved to the model's device (``to_device``), so a
 model that ``Trainer`` or ``torchrun`` put on a GPU is fed there.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any, Literal
 
@@ -21,7 +23,10 @@ def resolve_device(setting: str = "auto") -> Any:
     from promptkit.errors import ConfigError
 
     if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        local_rank = os.environ.get("LOCAL_RANK")  # under torchrun: this process's own GPU
+        return torch.device(f"cuda:{local_rank}" if local_rank is not None else "cuda")
     if setting.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(
             f"device={setting!r} but this machine has no CUDA device (torch "

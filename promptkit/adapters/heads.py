@@ -121,10 +121,7 @@ class ClassificationHead(Head):
             encoded = tokenizer(
                 [str(r[first]) for r in records], pairs, truncation=True, max_length=max_length
             )
-        rows = [
-            {"input_ids": ids, "attention_mask": mask}
-            for ids, mask in zip(encoded["input_ids"], encoded["attention_mask"], strict=True)
-        ]
+        rows = _rows(encoded)
         if with_targets:
             index = {label: i for i, label in enumerate(self.task.labels)}
             for row, record in zip(rows, records, strict=True):
@@ -241,10 +238,7 @@ class Seq2SeqHead(Head):
         tokenizer, max_length = self.tokenizer, self.max_length
         prompts = render_inputs(self.task, records, tokenizer, max_length)
         encoded = tokenizer(prompts, truncation=True, max_length=max_length)
-        rows = [
-            {"input_ids": ids, "attention_mask": mask}
-            for ids, mask in zip(encoded["input_ids"], encoded["attention_mask"], strict=True)
-        ]
+        rows = _rows(encoded)
         if with_targets:
             targets = tokenizer(
                 [str(r[self.task.target_field]) for r in records],
@@ -318,6 +312,14 @@ def _seed_sampling(seed: int) -> None:
 
     random.seed(seed)
     set_seed(seed)
+
+
+def _rows(encoded: Any) -> Rows:
+    """A tokenizer's batch output as one dict per example."""
+    return [
+        {"input_ids": ids, "attention_mask": mask}
+        for ids, mask in zip(encoded["input_ids"], encoded["attention_mask"], strict=True)
+    ]
 
 
 def _argmax(logits: Any, labels: Any) -> Any:
