@@ -21,17 +21,11 @@ error, and reaching for Python internals (``''.__class__``, ``lipsum.__globals__
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import ctypes
 import hashlib
-import math
 import os
 import re
-import threading
-import time
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +36,14 @@ import jinja2.sandbox
 import yaml
 
 from promptkit.errors import TemplateError, UnknownNameError
+from promptkit.sandbox import (
+    DEFAULT_MAX_OUTPUT_CHARS,
+    DEFAULT_TIMEOUT,
+    OutputTooLarge,
+    RenderTimeout,
+    SandboxEnvironment,
+    render_limits,
+)
 
 HEADER_RE = re.compile(r"\A\s*\{#\s*---\s*\n(?P<yaml>.*?)\n\s*---\s*#\}[ \t]*\n?", re.DOTALL)
 HEADER_KEYS = {
@@ -80,141 +82,14 @@ def search_path(extra: Iterable[str | os.PathLike[str]] = ()) -> list[Path]:
     return paths
 
 
-DEFAULT_MAX_OUTPUT_CHARS = 1_000_000
-DEFAULT_TIMEOUT = 5.0
-_OUTPUT_LIMIT: contextvars.ContextVar[int] = contextvars.ContextVar(
-    "promptkit_output_limit", default=DEFAULT_MAX_OUTPUT_CHARS
-)
+_ENVIRONMENTS: dict[tuple[str, ...], SandboxEnvironment] = {}
 
 
-class _OutputTooLarge(Exception):
-    """A template built a value or an output past ``max_output_chars``."""
-
-
-class _RenderTimeout(BaseException):
-    """Raised inside a rendering thread that ran past its deadline (a BaseException, so a
-    template's own error handling cannot swallow it)."""
-
-
-class _Watchdog:
-    """One daemon thread that stops renders running past their deadline.
-
-    A render registers its thread and deadline; if it is still registered when the deadline
-    passes, the watchdog raises :class:`_RenderTimeout` in that thread (jinja2 runs as Python
-    bytecode, so the exception lands at the next instruction).
-    """
-
-    def __init__(self) -> None:
-        self.deadlines: dict[int, float] = {}
-        self.fired: set[int] = set()
-        self.lock = threading.Condition()
-        self.thread: threading.Thread | None = None
-
-    def watch(self, seconds: float) -> int:
-        ident = threading.get_ident()
-        with self.lock:
-            self.deadlines[ident] = time.monotonic() + seconds
-            if self.thread is None or not self.thread.is_alive():
-                self.thread = threading.Thread(
-                    target=self._run, daemon=True, name="promptkit-render-watchdog"
-                )
-                self.thread.start()
-            self.lock.notify()
-        return ident
-
-    def release(self, ident: int) -> None:
-        with self.lock:
-            self.deadlines.pop(ident, None)
-            if ident in self.fired:  # fired as the render ended: drop it if not yet delivered
-                self.fired.discard(ident)
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), None)
-
-    def _run(self) -> None:
-        with self.lock:
-            while True:
-                now = time.monotonic()
-                for ident, deadline in list(self.deadlines.items()):
-                    if deadline <= now:
-                        del self.deadlines[ident]
-                        self.fired.add(ident)
-                        ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                            ctypes.c_ulong(ident), ctypes.py_object(_RenderTimeout)
-                        )
-                soonest = min(self.deadlines.values(), default=now + 60)
-                self.lock.wait(timeout=max(soonest - now, 0.001))
-
-
-_WATCHDOG = _Watchdog()
-
-
-@contextlib.contextmanager
-def render_limits(max_output_chars: int, timeout: float) -> Iterator[None]:
-    """Bound what a render may build (characters) and how long it may run (seconds)."""
-    token = _OUTPUT_LIMIT.set(max_output_chars)
-    ident = _WATCHDOG.watch(timeout)
-    try:
-        yield
-    finally:
-        _WATCHDOG.release(ident)
-        _OUTPUT_LIMIT.reset(token)
-
-
-def _sized(value: Any) -> int | None:
-    return len(value) if isinstance(value, (str, bytes, list, tuple)) else None
-
-
-class _Environment(jinja2.sandbox.ImmutableSandboxedEnvironment):
-    """Sandboxed, strict, and with none of Jinja's default globals (lipsum, cycler, joiner...).
-
-    ``*``, ``+`` and ``**`` are checked before they run, so ``'a' * 10**9`` or ``9 ** 9 ** 9``
-    fails at once instead of allocating gigabytes.
-    """
-
-    intercepted_binops = frozenset(["*", "+", "**"])
-
-    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        limit = _OUTPUT_LIMIT.get()
-        if operator == "*":
-            for seq, times in ((left, right), (right, left)):
-                size = _sized(seq)
-                if size is not None and isinstance(times, int) and size * times > limit:
-                    raise _OutputTooLarge
-        elif operator == "+":
-            a, b = _sized(left), _sized(right)
-            if a is not None and b is not None and a + b > limit:
-                raise _OutputTooLarge
-        elif (
-            operator == "**"
-            and isinstance(left, int)
-            and isinstance(right, int)
-            and right > 0
-            and abs(left) > 1
-            and right * math.log2(abs(left)) > 8 * limit  # more bits than the output may hold
-        ):
-            raise _OutputTooLarge
-        return super().call_binop(context, operator, left, right)
-
-    def __init__(self, paths: Sequence[Path]) -> None:
-        super().__init__(
-            loader=jinja2.FileSystemLoader([str(p) for p in paths]),
-            undefined=jinja2.StrictUndefined,
-            autoescape=False,
-            keep_trailing_newline=False,
-            trim_blocks=True,
-            lstrip_blocks=True,
-        )
-        self.globals.clear()
-        self.globals["range"] = jinja2.sandbox.safe_range
-
-
-_ENVIRONMENTS: dict[tuple[str, ...], _Environment] = {}
-
-
-def environment(extra: Iterable[str | os.PathLike[str]] = ()) -> _Environment:
+def environment(extra: Iterable[str | os.PathLike[str]] = ()) -> SandboxEnvironment:
     paths = search_path(extra)
     key = tuple(str(p) for p in paths)
     if key not in _ENVIRONMENTS:
-        _ENVIRONMENTS[key] = _Environment(paths)
+        _ENVIRONMENTS[key] = SandboxEnvironment(paths)
     return _ENVIRONMENTS[key]
 
 
@@ -357,16 +232,16 @@ class Template:
                 for part in self._compiled.generate(context):
                     size += len(part)
                     if size > self.max_output_chars:
-                        raise _OutputTooLarge
+                        raise OutputTooLarge
                     parts.append(part)
             return "".join(parts).strip()
-        except _OutputTooLarge as exc:
+        except OutputTooLarge as exc:
             raise TemplateError(
                 f"Template {self.name!r} rendered more than max_output_chars="
                 f"{self.max_output_chars:,} characters and was stopped. Raise the limit if the "
                 "output is meant to be that long."
             ) from exc
-        except _RenderTimeout as exc:
+        except RenderTimeout as exc:
             raise TemplateError(
                 f"Template {self.name!r} ran longer than timeout={self.timeout:g} s and was "
                 "stopped (a loop too long?). Raise the limit if rendering is meant to take longer."
