@@ -79,8 +79,9 @@ def write_table(folder: Path) -> Path:
                  f"reviews (95% bootstrap intervals). Trained adapters: MiniLM, "
                  f"{q['train_examples']:,} training examples, {q['settings']['epochs']} epochs, batch 32, "
                  "max_length 64, "
-                 "10% warmup, per-method learning rates in `benchmarks/suites.py`; zero_shot: "
-                 "SmolLM2-135M-Instruct scoring the label words; knn: MiniLM embeddings, 10 "
+                 "10% warmup, per-method learning rates in `benchmarks/suites.py`, each reading "
+                 "the review alone (no template); zero_shot: "
+                 "SmolLM2-135M-Instruct scoring the `sentiment` template's label words; knn: MiniLM embeddings, 10 "
                  "neighbours over the same training examples.\n\n"
                  "| adapter | accuracy | macro-F1 | fit s | trainable params |\n"
                  "| --- | --- | --- | --- | --- |\n")

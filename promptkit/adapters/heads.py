@@ -9,7 +9,6 @@ never branch on the head. The LM heads share one generation routine (:func:`gene
 
 from __future__ import annotations
 
-import random
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -264,6 +263,7 @@ def generate(
     Sampling is seeded per batch from ``options.seed``, so the same call gives the same texts.
     """
     import torch
+    from transformers import set_seed
 
     order = length_sorted(prompts, len)
     texts = [""] * len(prompts)
@@ -285,8 +285,8 @@ def generate(
                     "do_sample": options.do_sample,
                     "pad_token_id": tokenizer.pad_token_id,
                 }
-                if options.do_sample:
-                    _seed_sampling(options.seed * 1_000_003 + start)
+                if options.do_sample:  # seeded per batch: the same call gives the same texts
+                    set_seed(options.seed * 1_000_003 + start)
                     kwargs.update(temperature=options.temperature, top_p=options.top_p)
                 output = model.generate(**to_device(batch, device), **kwargs)
                 if causal:
@@ -305,13 +305,6 @@ def cut_at_stop(text: str, stops: list[str]) -> str:
         if stop and stop in text:
             text = text[: text.index(stop)]
     return text.strip()
-
-
-def _seed_sampling(seed: int) -> None:
-    from transformers import set_seed
-
-    random.seed(seed)
-    set_seed(seed)
 
 
 def _rows(encoded: Any) -> Rows:
