@@ -232,3 +232,19 @@ def test_ivf_pq_refine_reorders_candidates_and_keeps_filters(tmp_path):
     assert recall["sq8"] > recall[None] + 0.1 and recall["flat"] > recall[None] + 0.1
     with pytest.raises(KnowledgeBaseError, match="refine"):
         build_index("ivf_pq", vectors, ids, {"nlist": 16, "m": 8, "refine": "pq"})
+
+
+def test_distinct_sources(tiny_bert, tmp_path):
+    docs = tmp_path / "distinct"
+    docs.mkdir()
+    page = ("good film " * 30).strip()
+    (docs / "long.txt").write_text("\n\n".join([page] * 12))  # many chunks, all like the query
+    for i in range(4):
+        (docs / f"short{i}.txt").write_text(f"bad movie number {i}")
+    kb = pk.KnowledgeBase.build(docs, embedder=tiny_bert, chunking={"max_tokens": 64})
+    plain = kb.search(page, k=3)
+    assert len({h.source for h in plain}) < 3, "the long page alone fills the plain top 3"
+    hits = kb.search(page, k=3, distinct="source")
+    assert len(hits) == 3 and len({h.source for h in hits}) == 3
+    assert hits[0].source == "long.txt" and hits[0].score == pytest.approx(plain[0].score)
+    assert len(kb.search(page, k=10, distinct="source")) == 5  # only 5 documents exist

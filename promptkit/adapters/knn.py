@@ -18,10 +18,6 @@ from promptkit.adapters.base import Adapter, AdapterConfig, FitResult, Predictio
 from promptkit.errors import ConfigError, NotFittedError
 from promptkit.task import Task
 
-# how many chunks to fetch per wanted example: long examples span several chunks
-_OVERFETCH = 4
-
-
 class ExampleMemory:
     """Labelled examples indexed by their text fields; search returns whole examples."""
 
@@ -52,13 +48,8 @@ class ExampleMemory:
 
     def nearest(self, queries: list[str], k: int) -> list[list[tuple[dict[str, Any], float]]]:
         """Per query, up to ``k`` distinct examples (metadata, best chunk score), best first."""
-        found = []
-        for hits in self.knowledge.search_many(queries, k=k * _OVERFETCH):
-            examples: dict[int, tuple[dict[str, Any], float]] = {}
-            for hit in hits:  # hits come best first: an example's first chunk is its best
-                examples.setdefault(int(hit.metadata["row"]), (hit.metadata, hit.score))
-            found.append(list(examples.values())[:k])
-        return found
+        found = self.knowledge.search_many(queries, k=k, distinct="source")  # source = example
+        return [[(hit.metadata, hit.score) for hit in hits] for hits in found]
 
     def nbytes(self) -> int:
         return int(self.knowledge.nbytes())

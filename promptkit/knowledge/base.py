@@ -384,6 +384,7 @@ class KnowledgeBase:
         hybrid: bool = False,
         rerank: bool | str = False,
         candidates: int | None = None,
+        distinct: str | None = None,
     ) -> list[Hit]:
         """The ``k`` chunks most similar to ``query``.
 
@@ -391,9 +392,11 @@ class KnowledgeBase:
         filter still returns its matches. ``hybrid`` fuses BM25 with dense results by reciprocal
         rank fusion; ``rerank`` (True or a cross-encoder name) reorders the candidates.
         ``candidates`` is how many chunks fusion and reranking start from (default ``4 * k``);
-        reranking costs one cross-encoder pass per candidate.
+        reranking costs one cross-encoder pass per candidate. ``distinct="source"`` (or a
+        metadata field) returns ``k`` hits with different values of it — the best chunk of each
+        of ``k`` documents rather than ``k`` chunks of one page.
         """
-        return self.search_many([query], k, filter, hybrid, rerank, candidates)[0]
+        return self.search_many([query], k, filter, hybrid, rerank, candidates, distinct)[0]
 
     def search_many(
         self,
@@ -403,11 +406,21 @@ class KnowledgeBase:
         hybrid: bool = False,
         rerank: bool | str = False,
         candidates: int | None = None,
+        distinct: str | None = None,
     ) -> list[list[Hit]]:
         """:meth:`search` for several queries at once (one embedding batch)."""
         if not all(isinstance(q, str) for q in queries):
             raise KnowledgeBaseError("Queries must be strings.")
-        return self._search(list(queries), None, k, filter, hybrid, rerank, candidates)
+        if distinct is None:
+            return self._search(list(queries), None, k, filter, hybrid, rerank, candidates)
+        vectors = self.embedder.encode(list(queries), progress=False) if len(self) else None
+        depth = max(k * 4, candidates or 0)
+        while True:  # deepen until every query has k distinct values, or the base runs out
+            found = self._search(list(queries), vectors, depth, filter, hybrid, rerank, depth)
+            kept = [_distinct(hits, distinct)[:k] for hits in found]
+            if all(len(h) == k for h in kept) or depth >= len(self):
+                return kept
+            depth *= 4
 
     def search_by_vector(
         self, vectors: np.ndarray, k: int = 10, filter: dict[str, Any] | None = None
@@ -419,7 +432,7 @@ class KnowledgeBase:
     def _search(
         self,
         queries: list[str],
-        vectors: np.ndarray | None,
+        vectors: np.ndarray | None,  # embedded from ``queries`` when None
         k: int,
         filter: dict[str, Any] | None,
         hybrid: bool = False,
@@ -515,3 +528,15 @@ class KnowledgeBase:
 
     def __repr__(self) -> str:
         return f"KnowledgeBase({json.dumps(self.stats(), default=str)})"
+
+
+def _distinct(hits: list[Hit], key: str) -> list[Hit]:
+    """The first (best) hit for each value of ``key`` (``"source"`` or a metadata field)."""
+    seen: set[Any] = set()
+    out = []
+    for hit in hits:
+        value = hit.source if key == "source" else json.dumps(hit.metadata.get(key), default=str)
+        if value not in seen:
+            seen.add(value)
+            out.append(hit)
+    return out
