@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import sqlite3
 import tempfile
@@ -27,12 +28,21 @@ def _reviews(n: int, split: str = "train", smoke: bool = False) -> list[dict[str
 
 # ---- 1. search --------------------------------------------------------------------------------
 
+def _faq_questions() -> list[dict[str, Any]]:
+    """All 178 Python FAQ questions, in file order."""
+    faq = pk.datasets.load("python_faq")
+    rows = [q for split in faq.values() for q in split]
+    lines = (pk.datasets.knowledge_dir("python-faq") / "questions.jsonl").read_text().splitlines()
+    order = {json.loads(line)["question"]: i for i, line in enumerate(lines) if line.strip()}
+    return sorted(rows, key=lambda q: order[q["question"]])
+
+
 def search(smoke: bool) -> dict[str, Any]:
     import faiss
 
     folder = pk.datasets.knowledge_dir("python-faq")
     kb = pk.KnowledgeBase.build(folder, embedder=_encoder(smoke))
-    questions = [q["question"] for q in pk.datasets.load("python_faq")["test"]]
+    questions = [q["question"] for q in _faq_questions()]
     questions = questions[:8] if smoke else questions[:128]
     vectors = kb.embedder.encode(questions, progress=False)
     index = kb._ensure_index()
@@ -442,7 +452,7 @@ def quality(smoke: bool) -> dict[str, Any]:
 
 
 def _retrieval_quality(smoke: bool) -> dict[str, Any]:
-    faq = pk.datasets.load("python_faq")["test"]
+    faq = _faq_questions()  # nothing here is tuned: every split is fair for untuned retrievers
     faq = faq[:20] if smoke else faq
     kb = pk.KnowledgeBase.build(pk.datasets.knowledge_dir("python-faq"), embedder=_encoder(smoke))
 

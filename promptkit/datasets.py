@@ -246,8 +246,16 @@ def knowledge_dir(name: str) -> Path:
     raise DataError(f"The shipped knowledge folder {name!r} is missing from this installation.")
 
 
+FAQ_SPLIT_SEED = 0
+
+
 def python_faq() -> DatasetSplits:
-    """The Python FAQ: questions with the id of their answer passage (a retrieval/QA test set)."""
+    """The Python FAQ: questions with the id of their answer passage, for retrieval and QA.
+
+    A fixed, seeded question-level split: about 60% train, 20% validation, 20% test. Every
+    answer stays in the knowledge base (the knowledge is the point); a test question and its
+    answer are never a training target.
+    """
     folder = knowledge_dir("python-faq")
     rows = [
         json.loads(line)
@@ -257,11 +265,19 @@ def python_faq() -> DatasetSplits:
     answers = _faq_answers(folder)
     for row in rows:  # a short reference answer: the first paragraph of the answer passage
         row["answer"] = answers.get(row["passage_id"], "")
+    random.Random(FAQ_SPLIT_SEED).shuffle(rows)
+    n_train, n_validation = round(len(rows) * 0.6), round(len(rows) * 0.2)
+    splits = {
+        "train": rows[:n_train],
+        "validation": rows[n_train : n_train + n_validation],
+        "test": rows[n_train + n_validation :],
+    }
+    sizes = "/".join(str(len(v)) for v in splits.values())
     return DatasetSplits(
         "python_faq",
-        {"test": rows},
+        splits,
         None,
-        f"{len(rows)} Python FAQ questions; answers in {folder}.",
+        f"{len(rows)} Python FAQ questions (train/validation/test {sizes}); answers in {folder}.",
     )
 
 

@@ -125,12 +125,20 @@ def test_model_aliases_listed():
     assert names["minilm"]["available"]
 
 
-def test_python_faq_dataset_has_questions_and_answers():
-    faq = pk.datasets.load("python_faq")["test"]
-    assert len(faq) >= 170
-    assert all(row["passage_id"] and row["answer"] for row in faq)
+def test_python_faq_dataset_has_a_fixed_question_split():
+    import hashlib
+    import json
+
+    faq = pk.datasets.load("python_faq")
+    assert {k: len(v) for k, v in faq.items()} == {"train": 107, "validation": 36, "test": 35}
+    rows = [row for split in faq.values() for row in split]
+    assert len(rows) == 178 and all(row["passage_id"] and row["answer"] for row in rows)
+    passages = {k: {r["passage_id"] for r in v} for k, v in faq.items()}
+    assert not passages["test"] & (passages["train"] | passages["validation"])
+    digest = hashlib.sha256(json.dumps(sorted(q["question"] for q in faq["test"])).encode())
+    assert digest.hexdigest() == "ea31789afaba71fdabea2956301f213a5a2e4a1ce968e5b2280bddf8164b86e5"
     with pytest.raises(DataError, match="no split"):
-        pk.datasets.load("python_faq")["train"]
+        faq["dev"]
 
 
 def test_unknown_dataset():

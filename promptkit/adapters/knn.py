@@ -18,6 +18,7 @@ from promptkit.adapters.base import Adapter, AdapterConfig, FitResult, Predictio
 from promptkit.errors import ConfigError, NotFittedError
 from promptkit.task import Task
 
+
 class ExampleMemory:
     """Labelled examples indexed by their text fields; search returns whole examples."""
 
