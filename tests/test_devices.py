@@ -40,3 +40,19 @@ def test_batches_follow_the_model():
     batch = {"input_ids": torch.ones(2, 3, dtype=torch.long), "note": "kept"}
     moved = to_device(batch, torch.device("cpu"))
     assert moved["input_ids"].device.type == "cpu" and moved["note"] == "kept"
+
+
+def test_gpu_cases_run_on_the_cpu():
+    """The GPU suite's cases build, fit and predict here too, so it cannot rot unnoticed on a
+    machine without CUDA (the comparison itself needs a GPU: make test-gpu)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent / "gpu"))
+    try:
+        import test_gpu
+    finally:
+        sys.path.pop(0)
+    for name, (make, kind) in test_gpu.CASES.items():
+        predictions = test_gpu._run(make, "cpu", kind)
+        assert predictions and all(p.label or p.text is not None for p in predictions), name
