@@ -49,7 +49,8 @@ def test_evaluator_leaves_the_knowledge_base_usable(kb_dir, tiny_gpt2, monkeypat
                         lambda path, *a, **k: writes.append(path) or original(path, *a, **k))
     report = pk.Evaluator(rag.task, resamples=50).compare({"rag": rag}, toy_generation(4))
     assert writes == [], "measuring an adapter's size must not write a copy of it"
-    assert report["rag"].costs["artifact_mb"] > 0
+    # the saved adapter references the knowledge base rather than copying it
+    assert 0 <= report["rag"].costs["artifact_mb"] < kb.nbytes() / 2**20
     assert kb.path == kb_dir
     kb.add(["Owls can turn their heads far round."])  # fails if the path went stale
     assert len(pk.KnowledgeBase.load(kb_dir)) == len(kb)

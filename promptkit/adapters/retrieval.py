@@ -2,12 +2,17 @@
 
 The top-k passages for each input are put in the template's context slot (``passages``,
 numbered for citation) and the base adapter predicts; predictions carry the sources and scores.
-No weights change. With ``demonstrations=N`` the N nearest labelled training examples (every
-text field) also become the base ``prompt`` adapter's few-shot demonstrations.
+No weights change unless the base trains: then ``fit`` trains it on each training record with
+its retrieved passages (retrieval-augmented fine-tuning; ``gold_field`` follows RAFT's recipe of
+keeping the gold passage among distractors only part of the time). With ``demonstrations=N`` the
+N nearest labelled training examples (every text field) also become the base ``prompt``
+adapter's few-shot demonstrations. A saved adapter references a saved knowledge base by path
+(and carries an in-memory one), with the base adapter's own artifact inside.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -15,7 +20,7 @@ from pydantic import Field, model_validator
 
 from promptkit.adapters.base import Adapter, AdapterConfig, FitResult, Prediction
 from promptkit.adapters.knn import ExampleMemory, query_text
-from promptkit.errors import ConfigError
+from promptkit.errors import ArtifactError, ConfigError
 
 
 class RetrievalConfig(AdapterConfig):
@@ -33,6 +38,19 @@ class RetrievalConfig(AdapterConfig):
         "prompt adapter as its demonstrations (0: none).",
     )
     embedder: str = Field("minilm", description="Embedder for the demonstration memory.")
+    gold_field: str | None = Field(
+        None,
+        description="Field of a training record naming its gold passage. With it, fitting "
+        "follows RAFT (Zhang et al., 2024): each training question sees its retrieved "
+        "passages with the gold one kept among them with probability gold_probability, and "
+        "removed (distractors only) otherwise.",
+    )
+    gold_key: str = Field(
+        "heading", description="Passage metadata key that the gold_field values match."
+    )
+    gold_probability: float = Field(
+        0.8, ge=0, le=1, description="Chance that a training question sees its gold passage."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -111,8 +129,39 @@ class RetrievalAdapter(Adapter):
             self.memory_ = ExampleMemory.build(
                 self.task, train, self.config.embedder, self.config.device
             )
-        base_train = [self._with_context(r) for r in train]
-        return self.base_.fit(base_train, eval_data)
+        if self.knowledge_ is not None and self.config.gold_field:
+            base_train = self._with_gold(train)
+        else:
+            base_train = [self._with_context(r) for r in train]
+        # evaluation sees passages exactly as prediction will: retrieved, no gold forced in
+        base_eval = [self._with_context(r) for r in eval_data] if eval_data else None
+        return self.base_.fit(base_train, base_eval)
+
+    def _with_gold(self, train: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Training records with passages chosen the RAFT way (see ``gold_field``)."""
+        import random
+
+        field, key, k = self.config.gold_field, self.config.gold_key, self.config.top_k
+        assert field is not None
+        rng = random.Random(self.config.seed)
+        queries = [query_text(self.task, r) for r in train]
+        found = self.knowledge_.search_many(
+            queries, k=k + 2, filter=self.config.filter, hybrid=self.config.hybrid
+        )
+        out = []
+        for record, query, hits in zip(train, queries, found, strict=True):
+            gold_value = record.get(field)
+            distractors = [h for h in hits if h.metadata.get(key) != gold_value]
+            passages = distractors[:k]
+            if gold_value is not None and rng.random() < self.config.gold_probability:
+                gold = [h for h in hits if h.metadata.get(key) == gold_value][:1] or (
+                    self.knowledge_.search(query, k=1, filter={key: gold_value})
+                )
+                if gold:  # among the distractors at a random place: no position to learn
+                    passages = distractors[: k - 1]
+                    passages.insert(rng.randint(0, len(passages)), gold[0])
+            out.append({**record, self.config.context_field: [h.to_dict() for h in passages]})
+        return out
 
     def _with_context(
         self, record: dict[str, Any], hits: list[Any] | None = None
@@ -170,12 +219,17 @@ class RetrievalAdapter(Adapter):
         return predictions
 
     def _state_bytes(self) -> int:
-        size = self.knowledge_.nbytes() if self.knowledge_ is not None else 0
+        carried = self.knowledge_ is not None and self.knowledge_.path is None  # else referenced
+        size = self.knowledge_.nbytes() if carried else 0
         size += self.memory_.nbytes() if self.memory_ is not None else 0
         return size + (self.base_.artifact_bytes() if self.base_ is not None else 0)
 
     def _save(self, directory: Path) -> None:
-        if self.knowledge_ is not None:
+        if self.knowledge_ is not None and self.knowledge_.path is not None:
+            # a saved knowledge base is referenced, not copied (it may be gigabytes)
+            reference = {"path": str(Path(self.knowledge_.path).resolve())}
+            (directory / "knowledge.json").write_text(json.dumps(reference))
+        elif self.knowledge_ is not None:  # in memory only: the adapter carries it
             self.knowledge_.save(directory / "knowledge")
         if self.memory_ is not None:
             self.memory_.save(directory / "memory")
@@ -186,7 +240,17 @@ class RetrievalAdapter(Adapter):
         from promptkit.adapters import load_adapter
         from promptkit.knowledge import KnowledgeBase
 
-        if (directory / "knowledge").is_dir():
+        reference = directory / "knowledge.json"
+        if reference.is_file():
+            path = Path(json.loads(reference.read_text())["path"])
+            if not (path / "manifest.json").is_file():
+                raise ArtifactError(
+                    f"{directory} uses the knowledge base at {path}, which is not there any more. "
+                    "Restore it there, or load this adapter's base and wrap it again with "
+                    "knowledge=<the knowledge base>."
+                )
+            self.knowledge_ = KnowledgeBase.load(path, device=self.config.device)
+        elif (directory / "knowledge").is_dir():
             self.knowledge_ = KnowledgeBase.load(directory / "knowledge", device=self.config.device)
         if (directory / "memory").is_dir():
             self.memory_ = ExampleMemory.load(directory / "memory", self.task, self.config.device)
