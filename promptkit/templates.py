@@ -336,7 +336,8 @@ class TruncationStats:
         if self.count:
             warnings.warn(
                 f"Template {template!r}: {self.count} example(s) were longer than {max_tokens} "
-                f"tokens; their truncatable field was cut by {self.tokens} tokens in total "
+                f"tokens and were fitted (items of the drop list removed, then the truncatable "
+                f"field cut): {self.tokens} tokens removed in total "
                 f"(mean {self.tokens / self.count:.1f}).",
                 stacklevel=3,
             )
