@@ -1,0 +1,60 @@
+"""Retrieval-augmented fine-tuning on the Python FAQ: does training the reader on passages pay?
+
+    python benchmarks/rag_fit.py [--split validation] [--epochs 2]
+
+Fits on the 107 train questions of python_faq's fixed split and compares, on ``--split``
+(choose settings on validation; run test once, at the end): zero-shot SmolLM2 with the top 3
+passages, LoRA closed-book (closed_book_qa), and LoRA + retrieval trained RAFT-style
+(gold passage kept with probability 0.8). Prints token F1 / ROUGE-L / context recall with 95%
+intervals and paired permutation tests; the report goes to runs/rag-fit.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import promptkit as pk
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--split", default="validation", choices=["validation", "test"])
+    parser.add_argument("--epochs", type=float, default=2)
+    parser.add_argument("--out", default="runs/rag-fit")
+    args = parser.parse_args()
+    faq = pk.datasets.load("python_faq")
+    kb_dir = Path("runs/rag-fit-kb")
+    kb = (
+        pk.KnowledgeBase.load(kb_dir)
+        if (kb_dir / "manifest.json").is_file()
+        else pk.KnowledgeBase.build(
+            pk.datasets.knowledge_dir("python-faq"), embedder="minilm", path=kb_dir
+        )
+    )
+    rag_task = pk.Task.generation(template="rag_qa", prompt_fields=["question"])
+    training = {"model": "smollm2-135m-instruct", "epochs": args.epochs, "batch_size": 8,
+                "learning_rate": 1e-3, "max_length": 640, "max_new_tokens": 48,
+                "warmup_ratio": 0.1, "logging_steps": 10, "save_checkpoints": False}
+    reader = pk.create_adapter("prompt", model="smollm2-135m-instruct", task=rag_task,
+                               max_new_tokens=48, batch_size=8, max_length=768)
+    adapters = {
+        "zero_shot_rag": pk.create_adapter("retrieval", knowledge=kb, top_k=3, base=reader),
+        "lora_closed": pk.create_adapter(
+            "lora", task=pk.Task.generation(template="closed_book_qa"), **training),
+        "lora_rag": pk.create_adapter(
+            "retrieval", knowledge=kb, top_k=3, gold_field="passage_id", gold_key="heading",
+            base=pk.create_adapter("lora", task=rag_task, **training)),
+    }
+    for name, adapter in adapters.items():
+        result = adapter.fit(faq["train"])
+        print(f"{name}: fit {result.fit_seconds:.0f} s", flush=True)
+    metrics = ["token_f1", "rouge_l", "context_recall"]
+    report = pk.Evaluator(rag_task, metrics=metrics).compare(adapters, faq[args.split])
+    report.title = f"Retrieval-augmented fine-tuning, python_faq {args.split}"
+    print(report.table(full=True))
+    report.save(args.out)
+
+
+if __name__ == "__main__":
+    main()
