@@ -132,7 +132,8 @@ class PromptAdapter(Adapter):
         self._ensure_model()
         template = self.task.template_obj
         separator = str(template.few_shot.get("separator", "\n\n"))
-        budget = self._input_budget() - self._count(self._wrap_chat("")) + self._count("")
+        specials = self._count("")  # tokens the tokenizer adds to any text (BOS, say)
+        budget = self._input_budget() - self._count(self._wrap_chat("")) + specials
         stats = TruncationStats()
         texts = []
         for index, record in enumerate(records):
@@ -143,7 +144,7 @@ class PromptAdapter(Adapter):
             while demos and self._count(separator.join([*demos, ""])) > budget // 2:
                 demos.pop(0)  # at most half the room; the one next to the input stays longest
             prefix = separator.join([*demos, ""]) if demos else ""
-            room = max(budget - (self._count(prefix) - self._count("") if prefix else 0), 1)
+            room = max(budget - (self._count(prefix) - specials if prefix else 0), 1)
             body = template.render_fitted(record, self._count, room, stats, labels=self.task.labels)
             texts.append(self._wrap_chat(prefix + body))
         stats.warn(template.name, budget)
