@@ -21,31 +21,40 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--split", default="validation", choices=["validation", "test"])
     parser.add_argument("--epochs", type=float, default=2)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--top-k", type=int, default=3)
+    parser.add_argument("--chunk-tokens", type=int, default=128)
+    parser.add_argument("--max-length", type=int, default=448)
+    parser.add_argument("--gold-probability", type=float, default=0.8)
+    parser.add_argument("--only", nargs="*", help="adapters to run (default: all)")
     parser.add_argument("--out", default="runs/rag-fit")
     args = parser.parse_args()
     faq = pk.datasets.load("python_faq")
-    kb_dir = Path("runs/rag-fit-kb")
+    kb_dir = Path(f"runs/rag-fit-kb-{args.chunk_tokens}")
     kb = (
         pk.KnowledgeBase.load(kb_dir)
         if (kb_dir / "manifest.json").is_file()
         else pk.KnowledgeBase.build(
-            pk.datasets.knowledge_dir("python-faq"), embedder="minilm", path=kb_dir
+            pk.datasets.knowledge_dir("python-faq"), embedder="minilm", path=kb_dir,
+            chunking={"max_tokens": args.chunk_tokens},
         )
     )
     rag_task = pk.Task.generation(template="rag_qa", prompt_fields=["question"])
     training = {"model": "smollm2-135m-instruct", "epochs": args.epochs, "batch_size": 8,
-                "learning_rate": 1e-3, "max_length": 640, "max_new_tokens": 48,
+                "learning_rate": args.learning_rate, "max_length": args.max_length, "max_new_tokens": 48,
                 "warmup_ratio": 0.1, "logging_steps": 10, "save_checkpoints": False}
     reader = pk.create_adapter("prompt", model="smollm2-135m-instruct", task=rag_task,
-                               max_new_tokens=48, batch_size=8, max_length=768)
+                               max_new_tokens=48, batch_size=8, max_length=args.max_length)
+    knowledge = {"knowledge": kb, "top_k": args.top_k, "distinct": "heading"}
     adapters = {
-        "zero_shot_rag": pk.create_adapter("retrieval", knowledge=kb, top_k=3, base=reader),
+        "zero_shot_rag": pk.create_adapter("retrieval", base=reader, **knowledge),
         "lora_closed": pk.create_adapter(
             "lora", task=pk.Task.generation(template="closed_book_qa"), **training),
         "lora_rag": pk.create_adapter(
-            "retrieval", knowledge=kb, top_k=3, gold_field="passage_id", gold_key="heading",
-            base=pk.create_adapter("lora", task=rag_task, **training)),
+            "retrieval", gold_field="passage_id", gold_key="heading",
+            gold_probability=args.gold_probability, **knowledge, base=pk.create_adapter("lora", task=rag_task, **training)),
     }
+    adapters = {k: v for k, v in adapters.items() if not args.only or k in args.only}
     for name, adapter in adapters.items():
         result = adapter.fit(faq["train"])
         print(f"{name}: fit {result.fit_seconds:.0f} s", flush=True)

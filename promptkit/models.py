@@ -142,6 +142,8 @@ def resolve(name: str | os.PathLike[str]) -> str:
     if text.lower() in aliases:
         return str(aliases.get(text).locate())
     path = Path(text).expanduser()
+    if (path / "manifest.json").is_file() and (path / "model" / "config.json").is_file():
+        return str(path / "model")  # a saved promptkit adapter: the model it trained
     if path.exists():
         return str(path)
     if "/" not in text:  # a near-miss of an alias is likelier than a hub id with no owner

@@ -16,6 +16,7 @@ from promptkit.errors import DataError
 from promptkit.templates import Template, load_template
 
 DEFAULT_TEMPLATES = {"classification": "classify", "generation": "generate"}
+PAIR_KINDS = ("retrieval", "rerank")  # a query and a passage: embedders and cross-encoders
 MANY_LABELS = 20
 
 
@@ -47,17 +48,21 @@ def infer_labels(records: Records, label_field: str = "label", name: str = "data
 class Task(BaseModel):
     """A task: its kind, its fields, and the template that formats an example for the model.
 
-    Build one with :meth:`classification` or :meth:`generation`; the template's variables are
-    checked against the task's fields right away.
+    Build one with :meth:`classification`, :meth:`generation`, :meth:`retrieval` or
+    :meth:`rerank`; the template's variables are checked against the task's fields right away.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal["classification", "generation"]
+    kind: Literal["classification", "generation", "retrieval", "rerank"]
     labels: list[str] = Field(default_factory=list, description="Label names (classification).")
     text_fields: list[str] = Field(default_factory=list, description="Input fields of an example.")
     label_field: str = Field("label", description="Field holding the label (classification).")
-    target_field: str = Field("answer", description="Field holding the reference output.")
+    target_field: str = Field(
+        "answer",
+        description="Field holding the reference output (for retrieval and rerank tasks, the "
+        "relevant passage).",
+    )
     template: str = Field(
         "",
         description="Template name or path to a .j2 file. Unset: a classification head reads the "
@@ -77,6 +82,8 @@ class Task(BaseModel):
     def _check(self) -> Task:
         if self.kind == "classification" and len(self.labels) < 2:
             raise ValueError(f"a classification task needs at least two labels, got {self.labels}")
+        if self.kind in PAIR_KINDS and len(self.text_fields) != 1:
+            raise ValueError(f"a {self.kind} task has one query field, got {self.text_fields}")
         template = self.template_obj  # loads and checks the template now, not at example 5,000
         if template.task != self.kind:
             raise ValueError(
@@ -124,6 +131,70 @@ class Task(BaseModel):
         )
 
     @classmethod
+    def retrieval(
+        cls,
+        query_field: str = "query",
+        passage_field: str = "passage",
+        template: str | None = None,
+        template_dirs: Sequence[str] = (),
+    ) -> Task:
+        """Match a query to its relevant passage: what an embedder (bi-encoder) learns.
+
+        Records hold ``query_field`` and, for training, ``passage_field``. The ``full`` and
+        ``lora`` adapters train a sentence-transformers model on them (in-batch and mined hard
+        negatives); predictions score each (query, passage) pair. A template, if given, formats
+        the query (e.g. an instruction prefix); unset, the query is embedded as it is.
+        """
+        return cls._pair("retrieval", query_field, passage_field, template, template_dirs)
+
+    @classmethod
+    def rerank(
+        cls,
+        query_field: str = "query",
+        passage_field: str = "passage",
+        template: str | None = None,
+        template_dirs: Sequence[str] = (),
+    ) -> Task:
+        """Score a (query, passage) pair jointly: what a cross-encoder reranker learns."""
+        return cls._pair("rerank", query_field, passage_field, template, template_dirs)
+
+    @classmethod
+    def _pair(
+        cls,
+        kind: str,
+        query_field: str,
+        passage_field: str,
+        template: str | None,
+        template_dirs: Sequence[str],
+    ) -> Task:
+        if query_field == passage_field:
+            raise DataError(f"query_field and passage_field are both {query_field!r}.")
+        return validate(
+            cls,
+            {
+                "kind": kind,
+                "text_fields": [query_field],
+                "target_field": passage_field,
+                "template": template or "",
+                "template_dirs": list(template_dirs),
+            },
+            "Task",
+        )
+
+    @property
+    def pairs(self) -> bool:
+        """Whether this is a retrieval or rerank task (query and passage, scored together)."""
+        return self.kind in PAIR_KINDS
+
+    @property
+    def query_field(self) -> str:
+        return self.text_fields[0]
+
+    def query(self, record: dict[str, Any]) -> str:
+        """The text a retrieval or rerank model reads for a record's query."""
+        return self.render(record) if self.template else str(record[self.query_field])
+
+    @classmethod
     def _build(cls, text_fields: Sequence[str] | str | None, **kwargs: Any) -> Task:
         if isinstance(text_fields, str):
             text_fields = [text_fields]
@@ -139,6 +210,10 @@ class Task(BaseModel):
         data = dict(data)
         if data.get("kind") == "generation" and "prompt_fields" in data:
             data["text_fields"] = data.pop("prompt_fields")
+        if data.get("kind") in PAIR_KINDS and "query_field" in data:
+            data["text_fields"] = [data.pop("query_field")]
+        if data.get("kind") in PAIR_KINDS and "passage_field" in data:
+            data["target_field"] = data.pop("passage_field")
         if "text_fields" not in data and data.get("kind") in DEFAULT_TEMPLATES:
             data.setdefault("template", "")
             data.setdefault("template_dirs", [])
@@ -149,6 +224,10 @@ class Task(BaseModel):
 
     @cached_property
     def template_obj(self) -> Template:
+        if self.kind in PAIR_KINDS and not self.template:  # the query field, as it is
+            field = self.text_fields[0] if self.text_fields else "query"
+            header = f"name: query\ntask: {self.kind}\nfields: [{field}]\nversion: 1"
+            return Template.from_string(f"{{# ---\n{header}\n--- #}}\n{{{{ {field} }}}}\n")
         return load_template(self.template or DEFAULT_TEMPLATES[self.kind], self.template_dirs)
 
     @property

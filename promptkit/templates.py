@@ -60,7 +60,7 @@ HEADER_KEYS = {
     "labels",
     "answer_prefix",
 }
-TASK_KINDS = ("classification", "generation")
+TASK_KINDS = ("classification", "generation", "retrieval", "rerank")
 SINGLE_BRACE_RE = re.compile(r"(?<![{\\])\{\s*([A-Za-z_]\w*)\s*\}(?!\})")
 
 

@@ -53,6 +53,26 @@ def toy_generation(n: int = 24) -> list[dict[str, str]]:
     ]
 
 
+TOPICS = {
+    "river": "boats float down the river past the mill",
+    "bread": "the baker kneads bread dough before dawn",
+    "stars": "telescopes show stars and distant galaxies",
+    "chess": "a knight moves in an L shape on the chess board",
+    "rain": "clouds bring rain that fills the garden barrel",
+    "train": "the night train leaves the station at nine",
+}
+
+
+def toy_pairs(n: int = 24) -> list[dict[str, str]]:
+    """(query, passage) records for retrieval and rerank tasks: each query asks about one
+    topic whose passage names it, among six topics."""
+    topics = list(TOPICS)
+    return [
+        {"query": f"tell me about {topics[i % len(topics)]}", "passage": TOPICS[topics[i % 6]]}
+        for i in range(n)
+    ]
+
+
 def _corpus() -> list[str]:
     words = POSITIVE_WORDS + NEGATIVE_WORDS + FILLER
     base = [" ".join(words[i:] + words[:i]) for i in range(len(words))]
@@ -214,7 +234,12 @@ def check_adapter(
     predictions = adapter.predict(inputs)
     assert len(predictions) == len(inputs), f"{adapter.name}: one prediction per input"
     for prediction in predictions:
-        if task.kind == "classification":
+        if task.pairs:
+            assert prediction.scores is not None and set(prediction.scores) == {"score"}, (
+                f"{adapter.name}: a {task.kind} prediction is one relevance score"
+            )
+            assert math.isfinite(prediction.scores["score"])
+        elif task.kind == "classification":
             assert prediction.label in task.labels, f"{adapter.name}: label outside label set"
             assert prediction.scores is not None and set(prediction.scores) == set(task.labels)
             assert math.isclose(sum(prediction.scores.values()), 1.0, abs_tol=1e-3), (

@@ -9,7 +9,13 @@ import pytest
 
 import promptkit as pk
 from promptkit.adapters import adapters
-from promptkit.testing import check_adapter, tiny_model, toy_classification, toy_generation
+from promptkit.testing import (
+    check_adapter,
+    tiny_model,
+    toy_classification,
+    toy_generation,
+    toy_pairs,
+)
 
 FAST = {"epochs": 15, "batch_size": 8, "max_new_tokens": 4, "logging_steps": 50}
 
@@ -50,9 +56,16 @@ def _retrieval_cases() -> list[tuple[str, Callable[[], Any], str]]:
     return [("demonstrations-gpt2", demonstrations, "cls"), ("inject-gpt2", inject, "gen")]
 
 
+def _pairs(name: str, kind: str, lr: float) -> tuple[str, Callable[[], Any], str]:
+    task = pk.Task.retrieval() if kind == "retrieval" else pk.Task.rerank()
+    return (f"bert-{kind}", lambda: pk.create_adapter(
+        name, model=tiny_model("bert"), task=task, learning_rate=lr, hard_negatives=2,
+        epochs=3, batch_size=8, logging_steps=50), "pairs")
+
+
 CASES: dict[str, list[tuple[str, Callable[[], Any], str]]] = {
-    "full": _trainable("full", 1e-3),
-    "lora": _trainable("lora", 1e-2),
+    "full": [*_trainable("full", 0.001), _pairs("full", "retrieval", 0.001), _pairs("full", "rerank", 0.001)],
+    "lora": [*_trainable("lora", 0.01), _pairs("lora", "retrieval", 0.01), _pairs("lora", "rerank", 0.01)],
     "prompt_tuning": _trainable("prompt_tuning", 5e-2, num_virtual_tokens=4),
     "prefix_tuning": _trainable("prefix_tuning", 1e-2, num_virtual_tokens=4),
     "p_tuning": _trainable("p_tuning", 1e-2, num_virtual_tokens=4),
@@ -86,6 +99,8 @@ def test_conformance(name: str, label: str, tmp_path) -> None:
     make, kind = next((m, k) for lbl, m, k in CASES[name] if lbl == label)
     if kind == "cls":
         train, inputs = toy_classification(48), toy_classification(6, seed=1)
+    elif kind == "pairs":
+        train, inputs = toy_pairs(24), toy_pairs(6)
     else:
         train, inputs = toy_generation(24), toy_generation(4)
         if name == "retrieval":  # the context comes from the knowledge base

@@ -100,12 +100,17 @@ def test_hybrid_and_index_types(folder, tiny_bert):
 
 
 def test_rerank_with_a_cross_encoder(folder, tiny_bert):
+    from promptkit.testing import toy_pairs
+
     kb = pk.KnowledgeBase.build(folder, embedder=tiny_bert)
-    hits = kb.search("river", k=3, rerank=tiny_bert)
+    reranker = pk.create_adapter("full", model=tiny_bert, task=pk.Task.rerank(), epochs=1,
+                                 hard_negatives=1)
+    reranker.fit(toy_pairs(8))
+    hits = kb.search("river", k=3, rerank=reranker)
     assert len(hits) == 3
     assert hits == sorted(hits, key=lambda h: -h.score)
     dense = [h.id for h in kb.search("river", k=3)]
-    narrow = kb.search("river", k=3, rerank=tiny_bert, candidates=3)  # reorders the dense top 3
+    narrow = kb.search("river", k=3, rerank=reranker, candidates=3)  # reorders the dense top 3
     assert sorted(h.id for h in narrow) == sorted(dense)
     with pytest.raises(KnowledgeBaseError, match="candidates must be at least k"):
         kb.search("river", k=3, rerank=True, candidates=2)

@@ -19,6 +19,7 @@ from pydantic import Field, field_validator
 from promptkit import models
 from promptkit.adapters.base import Adapter, AdapterConfig, FitResult, Prediction
 from promptkit.adapters.heads import ClassificationHead, GenerationOptions, Head, heads
+from promptkit.adapters.pairs import PairTraining
 from promptkit.augment import augmenters
 from promptkit.devices import model_device, resolve_device, resolve_dtype, to_device
 from promptkit.errors import ConfigError
@@ -65,6 +66,21 @@ class TrainingConfig(AdapterConfig):
     report_to: list[str] = Field(default_factory=list, description="e.g. ['tensorboard'].")
     save_checkpoints: bool = Field(True, description="Keep checkpoints in the run directory.")
     max_new_tokens: int = Field(32, ge=1, description="Generation length at prediction time.")
+    hard_negatives: int = Field(
+        3,
+        ge=0,
+        le=32,
+        description="Retrieval and rerank tasks: mined hard negatives per training query.",
+    )
+    negatives_from: Any = Field(
+        None,
+        exclude=True,
+        description="Retrieval and rerank tasks: a KnowledgeBase (or its directory) to mine hard "
+        "negatives from; unset, the other training passages.",
+    )
+    negatives_embedder: str = Field(
+        "minilm", description="Rerank tasks: the embedder that ranks candidates for mining."
+    )
     stop: list[str] = Field(default_factory=list, description="Cut generated text here.")
 
     @field_validator("metric")
@@ -97,6 +113,7 @@ class FineTuneAdapter(Adapter):
         self.model_: Any = None
         self.tokenizer_: Any = None
         self.head_: Head | None = None
+        self.pairs_: PairTraining | None = None  # retrieval and rerank tasks
 
     # ---- hooks for subclasses -----------------------------------------------------------------
 
@@ -114,7 +131,13 @@ class FineTuneAdapter(Adapter):
         """The tensors ``_save_model`` writes (every weight, for full fine-tuning)."""
         return dict(self.model_.state_dict())
 
+    def _pair_lora(self) -> dict[str, Any] | None:
+        """LoRA settings for a retrieval or rerank model; None trains every weight."""
+        return None
+
     def _state_bytes(self) -> int:
+        if self.pairs_ is not None:
+            return self.pairs_.state_bytes()
         return sum(t.numel() * t.element_size() for t in self._saved_tensors().values())
 
     # ---- model construction -------------------------------------------------------------------
@@ -173,6 +196,10 @@ class FineTuneAdapter(Adapter):
 
         if not self.config.model:
             raise ConfigError(f"The {self.name!r} adapter needs model=... (an alias, id or path).")
+        if self.task.pairs:
+            if self.pairs_ is None:
+                self.pairs_ = PairTraining(self.task, self.config, self._pair_lora())
+            return self.pairs_.fit(train, eval_data)
         if self.config.early_stopping_patience and eval_data is None:
             raise ConfigError("early_stopping_patience needs eval_data: pass it to fit().")
         if self.model_ is None:
@@ -281,6 +308,8 @@ class FineTuneAdapter(Adapter):
     # ---- prediction ---------------------------------------------------------------------------
 
     def _predict(self, records: list[dict[str, Any]]) -> list[Prediction]:
+        if self.pairs_ is not None:
+            return self.pairs_.predict(records)
         assert self.head_ is not None
         self.model_.eval()
         options = GenerationOptions(
@@ -294,6 +323,9 @@ class FineTuneAdapter(Adapter):
     # ---- persistence --------------------------------------------------------------------------
 
     def _save(self, directory: Path) -> None:
+        if self.pairs_ is not None:  # a plain sentence-transformers folder in model/
+            self.pairs_.save(directory)
+            return
         assert self.head_ is not None
         self._save_model(directory)
         self.tokenizer_.save_pretrained(directory / "tokenizer")
@@ -302,6 +334,10 @@ class FineTuneAdapter(Adapter):
     def _load(self, directory: Path, manifest: dict[str, Any]) -> None:
         from transformers import AutoTokenizer
 
+        if self.task.pairs:
+            self.pairs_ = PairTraining(self.task, self.config)
+            self.pairs_.load(directory)
+            return
         self.tokenizer_ = AutoTokenizer.from_pretrained(str(directory / "tokenizer"))
         if self.tokenizer_.pad_token is None:
             self.tokenizer_.pad_token = self.tokenizer_.eos_token

@@ -34,6 +34,11 @@ class PeftAdapter(FineTuneAdapter):
         """The base model as this method needs it, before wrapping or loading an adapter."""
         return model
 
+    def _pair_lora(self) -> dict[str, Any] | None:
+        raise ConfigError(
+            f"{self.name} does not train retrieval or rerank models; use 'lora' or 'full'."
+        )
+
     def _wrap_model(self, model: Any) -> Any:
         from peft import get_peft_model
 
@@ -155,6 +160,12 @@ class LoraAdapter(PeftAdapter):
     name = "lora"
     Config: ClassVar[type[AdapterConfig]] = LoraConfig
     config: LoraConfig
+
+    def _pair_lora(self) -> dict[str, Any] | None:
+        if self.config.use_dora:
+            raise ConfigError("use_dora is not supported for retrieval or rerank models.")
+        keys = ("r", "alpha", "lora_dropout", "target_modules")
+        return {k: getattr(self.config, k) for k in keys}
 
     def _peft_config(self, task_type: str, model: Any) -> Any:
         from peft import LoraConfig as PeftLoraConfig

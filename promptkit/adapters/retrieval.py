@@ -28,7 +28,25 @@ class RetrievalConfig(AdapterConfig):
     knowledge: Any = Field(None, exclude=True, description="A KnowledgeBase, or its directory.")
     top_k: int = Field(4, ge=1, le=1000, description="Passages per input.")
     filter: dict[str, Any] | None = Field(None, description="Metadata filter for every search.")
-    hybrid: bool = Field(False, description="Fuse BM25 with dense search.")
+    hybrid: bool | dict[str, float] = Field(
+        False,
+        description="Fuse BM25 with dense search: true, or fusion settings "
+        "{dense_weight, sparse_weight, rrf_k} (tune them with promptkit.knowledge.tune_fusion).",
+    )
+    distinct: str | None = Field(
+        None,
+        description='Give top_k passages with different values of this key ("source" or a '
+        'metadata field such as "heading"): the best chunk of each, not several of one.',
+    )
+    rerank: Any = Field(
+        None,
+        exclude=True,
+        description="A fitted rerank adapter (cross-encoder) or its saved directory: reorders "
+        "the `candidates` best dense (or hybrid) hits before the top_k are kept.",
+    )
+    candidates: int | None = Field(
+        None, ge=1, description="Hits reranking and fusion start from (default 4 * top_k)."
+    )
     context_field: str = Field("passages", description="Template variable for the passages.")
     demonstrations: int = Field(
         0,
@@ -74,6 +92,7 @@ class RetrievalAdapter(Adapter):
         self.base_: Adapter | None = self.config.base
         self.knowledge_: Any = self._as_knowledge(self.config.knowledge)
         self.memory_: ExampleMemory | None = None
+        self.reranker_: Any = self.config.rerank
 
     @classmethod
     def create(cls, **settings: Any) -> Adapter:
@@ -104,7 +123,9 @@ class RetrievalAdapter(Adapter):
     def clone(self, **overrides: Any) -> Adapter:
         """A new, unfitted copy; the base adapter is copied too, the knowledge base shared."""
         base = self.base_.clone(**overrides) if self.base_ is not None else None
-        return super().clone(**overrides, base=base, knowledge=self.knowledge_)
+        return super().clone(
+            **overrides, base=base, knowledge=self.knowledge_, rerank=self.reranker_
+        )
 
     @staticmethod
     def _as_knowledge(value: Any) -> Any:
@@ -145,9 +166,10 @@ class RetrievalAdapter(Adapter):
         assert field is not None
         rng = random.Random(self.config.seed)
         queries = [query_text(self.task, r) for r in train]
-        found = self.knowledge_.search_many(
-            queries, k=k + 2, filter=self.config.filter, hybrid=self.config.hybrid
-        )
+        options = self._search_options()
+        if options["candidates"] is not None:
+            options["candidates"] = max(options["candidates"], k + 2)
+        found = self.knowledge_.search_many(queries, k=k + 2, **options)
         out = []
         for record, query, hits in zip(train, queries, found, strict=True):
             gold_value = record.get(field)
@@ -163,6 +185,16 @@ class RetrievalAdapter(Adapter):
             out.append({**record, self.config.context_field: [h.to_dict() for h in passages]})
         return out
 
+    def _search_options(self) -> dict[str, Any]:
+        config = self.config
+        return {
+            "filter": config.filter,
+            "hybrid": config.hybrid,
+            "distinct": config.distinct,
+            "rerank": self.reranker_ or False,
+            "candidates": config.candidates,
+        }
+
     def _with_context(
         self, record: dict[str, Any], hits: list[Any] | None = None
     ) -> dict[str, Any]:
@@ -170,10 +202,7 @@ class RetrievalAdapter(Adapter):
             return record
         if hits is None:
             hits = self.knowledge_.search(
-                query_text(self.task, record),
-                k=self.config.top_k,
-                filter=self.config.filter,
-                hybrid=self.config.hybrid,
+                query_text(self.task, record), k=self.config.top_k, **self._search_options()
             )
         return {**record, self.config.context_field: [h.to_dict() for h in hits]}
 
@@ -184,7 +213,7 @@ class RetrievalAdapter(Adapter):
         sources: list[list[dict[str, Any]]] = [[] for _ in records]
         if self.knowledge_ is not None:
             hits = self.knowledge_.search_many(
-                queries, k=self.config.top_k, filter=self.config.filter, hybrid=self.config.hybrid
+                queries, k=self.config.top_k, **self._search_options()
             )
             enriched = [self._with_context(r, h) for r, h in zip(records, hits, strict=True)]
             sources = [
@@ -222,6 +251,8 @@ class RetrievalAdapter(Adapter):
         carried = self.knowledge_ is not None and self.knowledge_.path is None  # else referenced
         size = self.knowledge_.nbytes() if carried else 0
         size += self.memory_.nbytes() if self.memory_ is not None else 0
+        if self.reranker_ is not None and not isinstance(self.reranker_, (str, Path)):
+            size += self.reranker_.artifact_bytes()
         return size + (self.base_.artifact_bytes() if self.base_ is not None else 0)
 
     def _save(self, directory: Path) -> None:
@@ -233,6 +264,11 @@ class RetrievalAdapter(Adapter):
             self.knowledge_.save(directory / "knowledge")
         if self.memory_ is not None:
             self.memory_.save(directory / "memory")
+        if isinstance(self.reranker_, (str, Path)):  # a directory or checkpoint: referenced
+            reference = {"path": str(self.reranker_)}
+            (directory / "reranker.json").write_text(json.dumps(reference))
+        elif self.reranker_ is not None:
+            self.reranker_.save(directory / "reranker")
         if self.base_ is not None:
             self.base_.save(directory / "base")
 
@@ -254,5 +290,9 @@ class RetrievalAdapter(Adapter):
             self.knowledge_ = KnowledgeBase.load(directory / "knowledge", device=self.config.device)
         if (directory / "memory").is_dir():
             self.memory_ = ExampleMemory.load(directory / "memory", self.task, self.config.device)
+        if (directory / "reranker.json").is_file():
+            self.reranker_ = json.loads((directory / "reranker.json").read_text())["path"]
+        elif (directory / "reranker").is_dir():
+            self.reranker_ = load_adapter(directory / "reranker")
         if (directory / "base").is_dir():
             self.base_ = load_adapter(directory / "base")

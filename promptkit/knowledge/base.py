@@ -30,9 +30,10 @@ from promptkit.knowledge.index import (
 )
 from promptkit.knowledge.loaders import Document, scan_folder
 from promptkit.knowledge.ranking import (
-    DEFAULT_RERANKER,
+    HOW_TO_TRAIN,
     BM25Ranker,
     CrossEncoderReranker,
+    Fusion,
     Hit,
     fuse,
 )
@@ -67,6 +68,7 @@ class KnowledgeBase:
         if index != "auto" and index not in index_types:
             raise KnowledgeBaseError(index_types.unknown_message(index))
         self.embedder_name = embedder
+        self.embedder_fingerprint: str | None = None  # whose vectors the store holds
         self.device = device  # where the embedder runs: a runtime choice, not saved
         self.index_type = index
         self.index_params = dict(index_params or {})
@@ -152,6 +154,7 @@ class KnowledgeBase:
 
         self.store = DocStore(root / "docstore.sqlite")
         self.dimension = manifest["meta"].get("dimension")
+        self.embedder_fingerprint = manifest["meta"].get("embedder_fingerprint")
         self.recall_at_10 = manifest["meta"].get("recall_at_10")
         self._index_kind = manifest["meta"].get("index_type") or "flat"
         index_file = root / "index.faiss"
@@ -181,8 +184,39 @@ class KnowledgeBase:
                     f"Embedder {self.embedder_name!r} now gives {self._embedder.dimension}-dim "
                     f"vectors, but this knowledge base holds {self.dimension}-dim ones. Rebuild it."
                 )
+            found = self._embedder.fingerprint
+            if self.embedder_fingerprint not in (None, found):
+                self._embedder = None
+                raise KnowledgeBaseError(
+                    f"The embedder {self.embedder_name!r} has changed since this knowledge base "
+                    f"was embedded (weights {found}, vectors from {self.embedder_fingerprint}); "
+                    "its vectors would not match new queries. Call kb.reembed(<embedder>) to "
+                    "embed it again."
+                )
             self.dimension = self._embedder.dimension
+            self.embedder_fingerprint = found
         return self._embedder
+
+    def reembed(self, embedder: str, progress: bool = True) -> KnowledgeBase:
+        """Embed every chunk again with ``embedder`` (an alias, path, or a saved retrieval
+        adapter's directory) and rebuild the index; chunks and metadata stay as they are.
+
+        Every stored vector is replaced, so none from the old embedder is left to mix with the
+        new ones. A knowledge base bound to a directory is saved there again.
+        """
+        new = get_embedder(embedder, self.device)
+
+        def change() -> None:
+            ids, texts = self.store.all_texts()
+            if texts:
+                self.store.replace_embeddings(ids, new.encode(texts, progress=progress))
+            self.embedder_name, self._embedder = embedder, new
+            self.dimension, self.embedder_fingerprint = new.dimension, new.fingerprint
+            self._invalidate()
+            self._ensure_index()
+
+        self._transaction(change)
+        return self
 
     # ---- writing ------------------------------------------------------------------------------
 
@@ -342,6 +376,7 @@ class KnowledgeBase:
             "chunks": self.store.count(),
             "documents": self.store.document_count(),
             "recall_at_10": self.recall_at_10,
+            "embedder_fingerprint": self.embedder_fingerprint,
         }
         with write_artifact(target, kind=KIND, config=config, meta=meta) as staging:
             self.store.save(staging / "docstore.sqlite")
@@ -381,8 +416,8 @@ class KnowledgeBase:
         query: str,
         k: int = 10,
         filter: dict[str, Any] | None = None,
-        hybrid: bool = False,
-        rerank: bool | str = False,
+        hybrid: Any = False,
+        rerank: Any = False,
         candidates: int | None = None,
         distinct: str | None = None,
     ) -> list[Hit]:
@@ -390,7 +425,9 @@ class KnowledgeBase:
 
         ``filter`` is applied before the vector search (FAISS ID selectors), so a selective
         filter still returns its matches. ``hybrid`` fuses BM25 with dense results by reciprocal
-        rank fusion; ``rerank`` (True or a cross-encoder name) reorders the candidates.
+        rank fusion (True, or a :class:`Fusion` / dict of dense_weight, sparse_weight, rrf_k);
+        ``rerank`` (a fitted rerank adapter, its directory, or a cross-encoder checkpoint with a
+        trained head) reorders the candidates.
         ``candidates`` is how many chunks fusion and reranking start from (default ``4 * k``);
         reranking costs one cross-encoder pass per candidate. ``distinct="source"`` (or a
         metadata field) returns ``k`` hits with different values of it — the best chunk of each
@@ -403,8 +440,8 @@ class KnowledgeBase:
         queries: list[str],
         k: int = 10,
         filter: dict[str, Any] | None = None,
-        hybrid: bool = False,
-        rerank: bool | str = False,
+        hybrid: Any = False,
+        rerank: Any = False,
         candidates: int | None = None,
         distinct: str | None = None,
     ) -> list[list[Hit]]:
@@ -435,8 +472,8 @@ class KnowledgeBase:
         vectors: np.ndarray | None,  # embedded from ``queries`` when None
         k: int,
         filter: dict[str, Any] | None,
-        hybrid: bool = False,
-        rerank: bool | str = False,
+        hybrid: Any = False,
+        rerank: Any = False,
         candidates: int | None = None,
     ) -> list[list[Hit]]:
         if k < 1:
@@ -448,14 +485,17 @@ class KnowledgeBase:
         allowed = self.store.ids_matching(filter) if filter else None
         if allowed is not None and not allowed:
             return [[] for _ in queries]
-        depth = (candidates or k * 4) if (hybrid or rerank) else k
+        fusion = Fusion.of(hybrid) if hybrid is not False and hybrid is not None else None
+        depth = (candidates or k * 4) if (fusion or rerank) else k
         if vectors is None:
             vectors = self.embedder.encode(queries, progress=False)
         dense = self._dense(vectors, depth, allowed)
         results = []
         for query, ranked in zip(queries, dense, strict=True):
-            if hybrid:
-                ranked = fuse([ranked, self._sparse(query, depth, allowed)])
+            if fusion is not None:
+                sparse = self._sparse(query, depth, allowed)
+                weights = [fusion.dense_weight, fusion.sparse_weight]
+                ranked = fuse([ranked, sparse], weights, fusion.rrf_k)
             rows = self.store.rows(i for i, _ in ranked)
             hits = [
                 Hit(row[2], score, row[1], (row[3], row[4]), None, i, row[5])
@@ -502,11 +542,48 @@ class KnowledgeBase:
             self._bm25 = BM25Ranker(*self.store.all_texts())
         return self._bm25.top(query, k, allowed)
 
-    def _rerank(self, query: str, hits: list[Hit], model: bool | str) -> list[Hit]:
-        name = model if isinstance(model, str) else DEFAULT_RERANKER
-        if self._reranker is None or self._reranker.name != name:
-            self._reranker = CrossEncoderReranker(name)
+    def _rerank(self, query: str, hits: list[Hit], model: Any) -> list[Hit]:
+        if model is True:
+            raise KnowledgeBaseError(
+                "rerank=True: promptkit ships no trained reranker, and an untrained ranking head "
+                "ranks at random. " + HOW_TO_TRAIN
+            )
+        current = self._reranker.source if self._reranker is not None else None
+        if current is not model and not (isinstance(model, str) and current == model):
+            self._reranker = CrossEncoderReranker(model)
         return self._reranker.rerank(query, hits)
+
+    def training_pairs(
+        self,
+        records: Iterable[dict[str, Any]],
+        query_field: str = "question",
+        gold_field: str = "passage_id",
+        gold_key: str = "heading",
+    ) -> list[dict[str, str]]:
+        """(query, passage) records for a retrieval or rerank task from labelled questions.
+
+        Each record names its answer's section in ``gold_field``; the passage is that section's
+        first chunk (chunks whose metadata ``gold_key`` equals the value), exactly as this
+        knowledge base stores it. Records whose section is not here are skipped with a warning.
+        """
+        import warnings
+
+        records = list(records)
+        out, missing = [], 0
+        for record in records:
+            ids = self.store.ids_matching({gold_key: record.get(gold_field)})
+            if not ids:
+                missing += 1
+                continue
+            first = self.store.fetch([min(ids)])[min(ids)]  # chunks are stored in text order
+            out.append({"query": str(record[query_field]), "passage": first["text"]})
+        if missing:
+            warnings.warn(
+                f"{missing} of {len(records)} records name a {gold_key!r} this knowledge base "
+                "does not hold; they were skipped.",
+                stacklevel=2,
+            )
+        return out
 
     # ---- information --------------------------------------------------------------------------
 

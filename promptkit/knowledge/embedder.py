@@ -29,6 +29,7 @@ class Embedder:
         self.device = str(resolve_device(device))
         self.model = SentenceTransformer(models.resolve(name), device=self.device)
         self.dimension = int(self.model.get_embedding_dimension() or 0)
+        self.fingerprint = fingerprint(name)
         self.texts_encoded = 0
 
     @property
@@ -57,14 +58,38 @@ class Embedder:
         return np.asarray(vectors, dtype=np.float32)
 
 
-_EMBEDDERS: dict[tuple[str, str], Embedder] = {}
+_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def fingerprint(name: str) -> str:
+    """What identifies the embedder's weights: a hash of a local model's weight files (a model
+    retrained in place is a different embedder; a copy elsewhere is the same), else its name."""
+    import hashlib
+    from pathlib import Path
+
+    from promptkit.artifacts import sha256_file
+
+    path = Path(models.resolve(name))
+    if not path.is_dir():
+        return name
+    digest = hashlib.sha256()
+    for weights in sorted(path.rglob("*.safetensors")) or sorted(path.rglob("*.bin")):
+        stat = weights.stat()
+        key = (str(weights.resolve()), stat.st_size, stat.st_mtime_ns)
+        if key not in _HASHES:  # hashed once per file version in a process
+            _HASHES[key] = sha256_file(weights)
+        digest.update(f"{weights.relative_to(path)}:{_HASHES[key]}".encode())
+    return digest.hexdigest()[:16]
+
+
+_EMBEDDERS: dict[tuple[str, str, str], Embedder] = {}
 
 
 def get_embedder(name: str, device: str = "auto") -> Embedder:
-    """One shared embedder per name and device in a process (read-only at inference)."""
+    """One shared embedder per model and device in a process (read-only at inference)."""
     from promptkit.devices import resolve_device
 
-    key = (name, str(resolve_device(device)))
+    key = (name, str(resolve_device(device)), fingerprint(name))
     if key not in _EMBEDDERS:
         _EMBEDDERS[key] = Embedder(name, device=key[1])
     return _EMBEDDERS[key]

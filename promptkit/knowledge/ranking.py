@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
 RRF_K = 60
-DEFAULT_RERANKER = "cross-encoder/ms-marco-MiniLM-L6-v2"
 
 
 class Hit:
@@ -82,32 +82,118 @@ class BM25Ranker:
 
 
 class CrossEncoderReranker:
-    """Reorders hits by a cross-encoder's (query, passage) score."""
+    """Reorders hits by a trained cross-encoder's (query, passage) score.
 
-    def __init__(self, name: str) -> None:
-        from sentence_transformers import CrossEncoder
+    ``model`` is a fitted promptkit adapter for a rerank task, its saved directory, or a
+    cross-encoder checkpoint (directory or Hugging Face id) that has a trained ranking head. A
+    plain encoder such as MiniLM would get a randomly initialized head, and rank at random: that
+    is refused, with the way to train one.
+    """
 
-        from promptkit import models
-
-        self.name = name
-        self.model = CrossEncoder(models.resolve(name), num_labels=1)
+    def __init__(self, model: Any) -> None:
+        self.source = model
+        self.name = model if isinstance(model, str) else f"<{type(model).__name__}>"
+        self.model = _cross_encoder(model)
 
     def rerank(self, query: str, hits: list[Hit]) -> list[Hit]:
         if not hits:
             return hits
         scores = self.model.predict([(query, h.text) for h in hits], show_progress_bar=False)
-        for hit, score in zip(hits, scores, strict=True):
+        for hit, score in zip(hits, np.asarray(scores).reshape(-1), strict=True):
             hit.score = float(score)
         return sorted(hits, key=lambda h: -h.score)
 
 
-def fuse(rankings: list[list[tuple[int, float]]]) -> list[tuple[int, float]]:
-    """Reciprocal rank fusion (Cormack et al., 2009) with k = 60."""
+HOW_TO_TRAIN = (
+    "Train one on your (query, passage) pairs: pk.create_adapter('full', model='minilm', "
+    "task=pk.Task.rerank(), negatives_from=kb).fit(kb.training_pairs(questions)), then pass "
+    "rerank=<that adapter or its saved directory>. See docs/knowledge.md."
+)
+
+
+def _cross_encoder(model: Any) -> Any:
+    """A loaded sentence-transformers CrossEncoder with a trained ranking head, or an error."""
+    from pathlib import Path
+
+    from promptkit import models
+    from promptkit.errors import KnowledgeBaseError
+
+    pairs = getattr(model, "pairs_", None)
+    if pairs is not None:  # a fitted promptkit adapter
+        if not pairs.cross:
+            raise KnowledgeBaseError(
+                "rerank= needs an adapter trained on a rerank task (a cross-encoder); this one "
+                "is a retrieval model: use it as embedder= instead."
+            )
+        return pairs.model
+    if not isinstance(model, (str, Path)) or isinstance(model, bool):
+        raise KnowledgeBaseError(
+            f"rerank= takes a fitted rerank adapter or a cross-encoder directory, not {model!r}. "
+            + HOW_TO_TRAIN
+        )
+    path = Path(models.resolve(str(model)))
+    if (path / "manifest.json").is_file() and (path / "model").is_dir():
+        path = path / "model"  # a saved promptkit adapter: its model folder
+    config = path / "config.json"
+    if config.is_file():
+        architectures = json.loads(config.read_text()).get("architectures") or []
+        if not any(a.endswith("ForSequenceClassification") for a in architectures):
+            raise KnowledgeBaseError(
+                f"{model!r} has no trained ranking head ({architectures or 'no architecture'}): "
+                "as a cross-encoder it would rank at random. " + HOW_TO_TRAIN
+            )
+    from sentence_transformers.cross_encoder import CrossEncoder
+
+    return CrossEncoder(str(path) if path.exists() else str(model), num_labels=1)
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """How hybrid search fuses dense and BM25 rankings: weighted reciprocal rank fusion
+    (Cormack et al., 2009). A chunk scores ``weight / (rrf_k + rank)`` in each ranking; a larger
+    ``rrf_k`` flattens the advantage of the very top ranks."""
+
+    dense_weight: float = 1.0
+    sparse_weight: float = 1.0
+    rrf_k: float = RRF_K
+
+    @classmethod
+    def of(cls, value: Any) -> Fusion:
+        """``True`` (equal weights, rrf_k 60), a dict of the fields, or a Fusion."""
+        from promptkit.errors import KnowledgeBaseError
+
+        if isinstance(value, Fusion):
+            return value
+        if value is True:
+            return cls()
+        if isinstance(value, dict):
+            unknown = set(value) - {"dense_weight", "sparse_weight", "rrf_k"}
+            if unknown:
+                raise KnowledgeBaseError(
+                    f"Unknown fusion setting(s) {sorted(unknown)}; use dense_weight, "
+                    "sparse_weight, rrf_k."
+                )
+            fusion = cls(**{k: float(v) for k, v in value.items()})
+            if min(fusion.dense_weight, fusion.sparse_weight) < 0 or fusion.rrf_k < 0:
+                raise KnowledgeBaseError(f"Fusion weights and rrf_k must be >= 0, got {value}.")
+            return fusion
+        raise KnowledgeBaseError(f"hybrid= takes True or fusion settings, not {value!r}.")
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def fuse(
+    rankings: list[list[tuple[int, float]]],
+    weights: list[float] | None = None,
+    rrf_k: float = RRF_K,
+) -> list[tuple[int, float]]:
+    """Weighted reciprocal rank fusion of ranked ``(chunk_id, score)`` lists."""
     scores: dict[int, float] = {}
-    for ranking in rankings:
+    for ranking, weight in zip(rankings, weights or [1.0] * len(rankings), strict=True):
         for rank, (chunk_id, _) in enumerate(ranking):
-            scores[chunk_id] = scores.get(chunk_id, 0.0) + 1.0 / (RRF_K + rank + 1)
+            scores[chunk_id] = scores.get(chunk_id, 0.0) + weight / (rrf_k + rank + 1)
     return sorted(scores.items(), key=lambda item: -item[1])
 
 
-__all__ = ["DEFAULT_RERANKER", "BM25Ranker", "CrossEncoderReranker", "Hit", "fuse"]
+__all__ = ["BM25Ranker", "CrossEncoderReranker", "Fusion", "Hit", "fuse"]

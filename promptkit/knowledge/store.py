@@ -109,6 +109,13 @@ class DocStore:
             ],
         )
 
+    def replace_embeddings(self, ids: list[int], vectors: np.ndarray) -> None:
+        """Overwrite the vectors of chunks ``ids`` (re-embedding with another model)."""
+        self.conn.executemany(
+            "UPDATE chunks SET embedding = ? WHERE id = ?",
+            [(v.astype(np.float32).tobytes(), int(i)) for i, v in zip(ids, vectors, strict=True)],
+        )
+
     def count(self) -> int:
         return int(self.conn.execute("SELECT count(*) FROM chunks").fetchone()[0])
 
