@@ -112,6 +112,7 @@ class GenerationBatch:
     refs: list[str]
     preds: list[str]
     contexts: list[list[str]] | None = None
+    gold: list[list[bool]] | None = None  # per example, per injected passage: is it a gold one
 
 
 @dataclass
@@ -346,9 +347,35 @@ def _support(answer: str, contexts: list[str]) -> float:
     return sum(w in context for w in words) / len(words)
 
 
-def _context_recall(batch: GenerationBatch) -> np.ndarray:
+def _context_support(batch: GenerationBatch) -> np.ndarray:
     contexts = batch.contexts or [[] for _ in batch.refs]
     return np.array([_support(r, c) for r, c in zip(batch.refs, contexts, strict=True)])
+
+
+def _gold(batch: GenerationBatch, metric: str) -> list[list[bool]]:
+    if batch.gold is None:
+        from promptkit.errors import ConfigError
+
+        raise ConfigError(
+            f"{metric} needs to know each question's gold passage: pass gold_field=<the record "
+            "field naming it> (and gold_key=<the passage metadata it matches>) to Evaluator."
+        )
+    return batch.gold
+
+
+def _context_recall(batch: GenerationBatch) -> np.ndarray:
+    return np.array([float(any(g)) for g in _gold(batch, "context_recall")])
+
+
+CITATION = re.compile(r"\[(\d{1,3})\]")
+
+
+def _citation_accuracy(batch: GenerationBatch) -> np.ndarray:
+    values = []
+    for pred, gold in zip(batch.preds, _gold(batch, "citation_accuracy"), strict=True):
+        cited = {int(n) for n in CITATION.findall(pred) if 1 <= int(n) <= len(gold)}
+        values.append(sum(gold[n - 1] for n in cited) / len(cited) if cited else 0.0)
+    return np.array(values, dtype=np.float64)
 
 
 def _answer_context_overlap(batch: GenerationBatch) -> np.ndarray:
@@ -400,7 +427,27 @@ def _register_generation() -> None:
             "rag",
             True,
             per_example=_context_recall,
-            description="Share of reference-answer words found in the retrieved passages.",
+            description="A gold passage is among those injected (needs the evaluator's "
+            "gold_field).",
+        )
+    )
+    register_metric(
+        MetricSpec(
+            "citation_accuracy",
+            "rag",
+            True,
+            per_example=_citation_accuracy,
+            description="Share of the passages an answer cites as [n] that are gold ones; an "
+            "answer that cites none scores 0 (needs the evaluator's gold_field).",
+        )
+    )
+    register_metric(
+        MetricSpec(
+            "context_support",
+            "rag",
+            True,
+            per_example=_context_support,
+            description="Share of reference-answer words found in the injected passages.",
         )
     )
     register_metric(

@@ -86,8 +86,41 @@ def test_generation_metrics():
 
     assert metrics.get("bleu").compute(batch) == pytest.approx(
         sacrebleu.corpus_bleu(batch.preds, [batch.refs]).score / 100)
-    assert metrics.get("context_recall").compute(batch) == pytest.approx(0.5)
+    assert metrics.get("context_support").compute(batch) == pytest.approx(0.5)
     assert metrics.get("answer_context_overlap").compute(batch) == pytest.approx(1.0)
+
+
+def test_gold_passage_metrics_hand_computed():
+    from promptkit.errors import ConfigError
+
+    # three answers over three injected passages each; gold marks which passages are gold
+    batch = GenerationBatch(["x"] * 3, ["see [2] and [3]", "no citation", "see [1] [9]"],
+                            [["a", "b", "c"]] * 3,
+                            [[False, True, False], [False, False, False], [True, False, False]])
+    assert metrics.get("context_recall").compute(batch) == pytest.approx(2 / 3)
+    # [2] gold, [3] not: 0.5; none cited: 0; [1] gold and [9] out of range (ignored): 1
+    assert metrics.get("citation_accuracy").compute(batch) == pytest.approx(1.5 / 3)
+    with pytest.raises(ConfigError, match="gold_field"):
+        metrics.get("context_recall").compute(GenerationBatch(["x"], ["y"], [["a"]]))
+
+
+def test_evaluator_scores_rag_against_gold_passages(tiny_bert, tiny_gpt2):
+    kb = pk.KnowledgeBase.build(
+        [{"text": "boats float down the river", "heading": "river"},
+         {"text": "the baker kneads bread", "heading": "bread"}], embedder=tiny_bert)
+    base = pk.create_adapter("prompt", model=tiny_gpt2, max_new_tokens=2,
+                             task=pk.Task.generation(template="rag_qa"))
+    rag = pk.create_adapter("retrieval", base=base, knowledge=kb, top_k=1)
+    data = [{"question": "boats?", "answer": "river", "gold": "river"},
+            {"question": "bread?", "answer": "baker", "gold": "bread"}]
+    predictions = rag.predict(data)
+    expected = [p.sources[0]["metadata"]["heading"] == r["gold"]
+                for p, r in zip(predictions, data, strict=True)]
+    report = pk.Evaluator(rag.task, gold_field="gold", resamples=50).compare({"rag": rag}, data)
+    result = report["rag"]
+    assert result.metrics["context_recall"].value == pytest.approx(sum(expected) / 2)
+    assert {"citation_accuracy", "context_support"} <= set(result.metrics)
+    assert any("quality against" in caption for caption, _ in report._plots())
 
 
 def test_retrieval_metrics_hand_computed():

@@ -224,6 +224,7 @@ class RetrievalAdapter(Adapter):
                         "span": list(x.span),
                         "score": x.score,
                         "text": x.text,
+                        "metadata": x.metadata,
                     }
                     for n, x in enumerate(h)
                 ]

@@ -36,7 +36,13 @@ from promptkit.task import Task
 CLASSIFICATION_DEFAULTS = ["accuracy", "f1_macro", "precision_macro", "recall_macro"]
 SCORE_DEFAULTS = ["roc_auc", "log_loss", "ece"]
 GENERATION_DEFAULTS = ["exact_match", "token_f1", "rouge_l", "bleu"]
-RAG_DEFAULTS = ["context_recall", "answer_context_overlap"]
+RAG_DEFAULTS = ["context_support", "answer_context_overlap"]
+GOLD_RAG_DEFAULTS = [
+    "context_recall",
+    "citation_accuracy",
+    "context_support",
+    "answer_context_overlap",
+]
 RETRIEVAL_DEFAULTS = ["hit_rate", "mrr", "ndcg_at_k", "recall_at_k", "precision_at_k"]
 LIBRARIES = [
     "promptkit",
@@ -114,6 +120,9 @@ class Evaluator:
 
     ``metrics=None`` picks defaults from the task kind (and adds score-based metrics when the
     predictions carry scores). Every interval uses the same resamples (fixed ``seed``).
+    ``gold_field`` names the record field that identifies a question's gold passage (matched
+    against the injected passages' metadata ``gold_key``): with it, retrieval-augmented
+    adapters are also scored on context recall and citation accuracy.
     """
 
     def __init__(
@@ -123,6 +132,8 @@ class Evaluator:
         resamples: int = 1000,
         alpha: float = 0.05,
         seed: int = 0,
+        gold_field: str | None = None,
+        gold_key: str = "heading",
     ) -> None:
         if resamples < 10:
             raise ConfigError(f"resamples must be at least 10, got {resamples}.")
@@ -133,6 +144,7 @@ class Evaluator:
         for name in self.metric_names or []:
             metric_registry.get(name)  # unknown names fail now, with suggestions
         self.resamples, self.alpha, self.seed = resamples, alpha, seed
+        self.gold_field, self.gold_key = gold_field, gold_key
 
     # ---- adapters -----------------------------------------------------------------------------
 
@@ -306,15 +318,27 @@ class Evaluator:
         name: str,
         repeats: int = 1,
     ) -> AdapterResult:
-        contexts = None
+        contexts = gold = None
         if any(p.sources for p in predictions):
             contexts = [[s.get("text", "") for s in (p.sources or [])] for p in predictions]
+            if self.gold_field is not None:
+                key, field = self.gold_key, self.gold_field
+                gold = [
+                    [
+                        r.get(field) is not None
+                        and (s.get("metadata") or {}).get(key) == r.get(field)
+                        for s in (p.sources or [])
+                    ]
+                    for r, p in zip(records, predictions, strict=True)
+                ]
         batch = GenerationBatch(
             [str(r[task.target_field]) for r in records],
             [p.text or "" for p in predictions],
             contexts,
+            gold,
         )
-        specs = self._specs(GENERATION_DEFAULTS + (RAG_DEFAULTS if contexts else []))
+        rag = GOLD_RAG_DEFAULTS if gold is not None else RAG_DEFAULTS
+        specs = self._specs(GENERATION_DEFAULTS + (rag if contexts else []))
         intervals = bootstrap(
             specs, batch, len(records), self.resamples, self.alpha, self.seed, repeats
         )

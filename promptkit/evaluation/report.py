@@ -313,7 +313,34 @@ class Report:
             ax.set_title("F1 per class")
             ax.legend(fontsize=8, ncols=min(4, len(names)))
             plots.append(("F1 per class", _png(fig)))
+        plots += self._quality_against_recall(plt)
         return plots
+
+    def _quality_against_recall(self, plt: Any) -> list[tuple[str, str]]:
+        """Answer quality (token F1) against context recall, one point per RAG adapter, with
+        both intervals: does better retrieval buy better answers?"""
+        rag = [r for r in self.results if {"context_recall", "token_f1"} <= set(r.metrics)]
+        if not rag:
+            return []
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        for result in rag:
+            x, y = result.metrics["context_recall"], result.metrics["token_f1"]
+            ax.errorbar(
+                x.value,
+                y.value,
+                xerr=[[x.value - x.low], [x.high - x.value]],
+                yerr=[[y.value - y.low], [y.high - y.value]],
+                fmt="o",
+                capsize=3,
+                label=result.name,
+            )
+        ax.set_xlim(0, 1.02)
+        ax.set_ylim(0, max(0.1, max(r.metrics["token_f1"].high for r in rag) * 1.15))
+        ax.set_xlabel("context recall (gold passage injected)")
+        ax.set_ylabel("answer token F1")
+        ax.legend(fontsize=8)
+        ax.set_title("Answer quality against retrieval recall")
+        return [("Answer quality against retrieval recall", _png(fig))]
 
     def section(self) -> dict[str, Any]:
         """What the HTML page shows for this report, as plain values for the page template."""
