@@ -26,7 +26,9 @@ def main() -> None:
     parser.add_argument("--chunk-tokens", type=int, default=128)
     parser.add_argument("--max-length", type=int, default=448)
     parser.add_argument("--gold-probability", type=float, default=0.8)
+    parser.add_argument("--gold-position", default="retrieved", choices=["retrieved", "random"])
     parser.add_argument("--only", nargs="*", help="adapters to run (default: all)")
+    parser.add_argument("--reuse", action="store_true", help="load adapters saved by a past run")
     parser.add_argument("--out", default="runs/rag-fit")
     args = parser.parse_args()
     faq = pk.datasets.load("python_faq")
@@ -52,14 +54,21 @@ def main() -> None:
             "lora", task=pk.Task.generation(template="closed_book_qa"), **training),
         "lora_rag": pk.create_adapter(
             "retrieval", gold_field="passage_id", gold_key="heading",
-            gold_probability=args.gold_probability, **knowledge, base=pk.create_adapter("lora", task=rag_task, **training)),
+            gold_probability=args.gold_probability, gold_position=args.gold_position, **knowledge, base=pk.create_adapter("lora", task=rag_task, **training)),
     }
     adapters = {k: v for k, v in adapters.items() if not args.only or k in args.only}
     for name, adapter in adapters.items():
+        saved = Path(args.out) / "adapters" / name
+        if args.reuse and (saved / "manifest.json").is_file():
+            adapters[name] = pk.load_adapter(saved)
+            print(f"{name}: loaded from {saved}", flush=True)
+            continue
         result = adapter.fit(faq["train"])
         print(f"{name}: fit {result.fit_seconds:.0f} s", flush=True)
-    metrics = ["token_f1", "rouge_l", "context_recall"]
-    report = pk.Evaluator(rag_task, metrics=metrics).compare(adapters, faq[args.split])
+        if adapter.learns:  # kept, so a later evaluation needs no refit
+            adapter.save(saved)
+    evaluator = pk.Evaluator(rag_task, gold_field="passage_id", gold_key="heading")
+    report = evaluator.compare(adapters, faq[args.split])
     report.title = f"Retrieval-augmented fine-tuning, python_faq {args.split}"
     print(report.table(full=True))
     report.save(args.out)

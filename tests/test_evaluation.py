@@ -254,3 +254,19 @@ def knn_predictions(report, test):
 
     rows = [r for r in report["knn"].predictions if r["seed"] == 0]
     return [Prediction(label=r["label"], scores=r["scores"]) for r in rows]
+
+
+def test_retrieval_comparison_tests_every_cutoff():
+    queries = [f"q{i}" for i in range(12)]
+    relevant = [{f"d{i}"} for i in range(12)]
+    # "good" ranks the relevant document first; "late" ranks it third
+    good = {q: [f"d{i}", "x", "y"] for i, q in enumerate(queries)}
+    late = {q: ["x", "y", f"d{i}"] for i, q in enumerate(queries)}
+    report = pk.Evaluator(resamples=50).retrieval(
+        {"good": good.__getitem__, "late": late.__getitem__}, queries, relevant, k=3,
+        cutoffs=(1, 3))
+    found = {c.metric: c for c in report.comparisons}
+    assert set(found) == {"recall@1", "recall@3", "mrr", "ndcg@3"}
+    assert found["recall@1"].difference == pytest.approx(1.0) and found["recall@1"].significant
+    assert found["recall@3"].difference == 0 and not found["recall@3"].significant
+    assert found["mrr"].difference == pytest.approx(1 - 1 / 3)

@@ -51,6 +51,18 @@ def test_gold_passage_kept_with_probability(faq, tiny_gpt2, probability):
         assert (record["passage_id"] in headings) == (probability == 1.0)
 
 
+def test_gold_passage_sits_where_retrieval_put_it(faq, tiny_gpt2):
+    kb, train = faq
+    seen = seen_by_base(rag(kb, tiny_gpt2, gold_probability=1.0), train)
+    for record in seen:
+        ranked = [h.metadata["heading"] for h in kb.search(record["question"], k=4)]
+        rank = ranked.index(record["passage_id"]) if record["passage_id"] in ranked else 9
+        headings = [p["metadata"]["heading"] for p in record["passages"]]
+        assert headings.index(record["passage_id"]) == min(rank, 1)  # top_k = 2: last at most
+        if rank < 2:  # retrieval found it in the top 2: exactly what prediction will see
+            assert headings == ranked[:2]
+
+
 def test_gold_probability_mixes(faq, tiny_gpt2):
     kb, train = faq
     seen = seen_by_base(rag(kb, tiny_gpt2, gold_probability=0.5), train * 4)

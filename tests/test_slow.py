@@ -67,3 +67,31 @@ def test_smollm2_multi_token_scores_equal_a_full_forward_pass():
     found = adapter._score_causal(prompts, words)
     for got, want in zip(found, full_pass_scores(adapter, prompts, words), strict=True):
         assert got == pytest.approx(want, abs=1e-4)
+
+
+def test_lora_with_retrieval_beats_closed_book_on_faq_test_questions():
+    """Retrieval-augmented LoRA against closed-book LoRA, same budget, 16 test questions."""
+    from promptkit.metrics import token_f1
+
+    faq = pk.datasets.load("python_faq")
+    kb = pk.KnowledgeBase.build(pk.datasets.knowledge_dir("python-faq"),
+                                chunking={"max_tokens": 128})
+    train, questions = faq["train"][:48], faq["test"][:16]
+    settings = {"model": "smollm2-135m-instruct", "epochs": 2, "batch_size": 8,
+                "learning_rate": 1e-3, "max_length": 384, "max_new_tokens": 40,
+                "logging_steps": 50, "save_checkpoints": False}
+    rag_task = pk.Task.generation(template="rag_qa", prompt_fields=["question"])
+    rag = pk.create_adapter("retrieval", knowledge=kb, top_k=2, distinct="heading",
+                            gold_field="passage_id",
+                            base=pk.create_adapter("lora", task=rag_task, **settings))
+    closed = pk.create_adapter("lora", task=pk.Task.generation(template="closed_book_qa"),
+                               **settings)
+    scores = {}
+    for name, adapter in {"rag": rag, "closed": closed}.items():
+        adapter.fit(train)
+        answers = adapter.predict([{"question": q["question"]} for q in questions])
+        scores[name] = [token_f1(q["answer"], a.text) for a, q in zip(answers, questions,
+                                                                     strict=True)]
+    assert np.mean(scores["rag"]) > np.mean(scores["closed"]) + 0.05, scores
+    assert sum(r > c for r, c in zip(scores["rag"], scores["closed"], strict=True)) > sum(
+        r < c for r, c in zip(scores["rag"], scores["closed"], strict=True))

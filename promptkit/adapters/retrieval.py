@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -68,6 +68,12 @@ class RetrievalConfig(AdapterConfig):
     )
     gold_probability: float = Field(
         0.8, ge=0, le=1, description="Chance that a training question sees its gold passage."
+    )
+    gold_position: Literal["retrieved", "random"] = Field(
+        "retrieved",
+        description="Where a kept gold passage sits among the distractors: 'retrieved' keeps "
+        "the retriever's order (the gold passage at its own rank, or last if retrieval missed "
+        "it), as prediction will see it; 'random' puts it anywhere, as RAFT does.",
     )
 
     @model_validator(mode="before")
@@ -176,12 +182,20 @@ class RetrievalAdapter(Adapter):
             distractors = [h for h in hits if h.metadata.get(key) != gold_value]
             passages = distractors[:k]
             if gold_value is not None and rng.random() < self.config.gold_probability:
-                gold = [h for h in hits if h.metadata.get(key) == gold_value][:1] or (
-                    self.knowledge_.search(query, k=1, filter={key: gold_value})
+                rank = next(
+                    (i for i, h in enumerate(hits) if h.metadata.get(key) == gold_value), None
                 )
-                if gold:  # among the distractors at a random place: no position to learn
-                    passages = distractors[: k - 1]
+                gold = (
+                    [hits[rank]]
+                    if rank is not None
+                    else self.knowledge_.search(query, k=1, filter={key: gold_value})
+                )
+                if gold and self.config.gold_position == "random":
+                    passages = distractors[: k - 1]  # anywhere: no position to learn
                     passages.insert(rng.randint(0, len(passages)), gold[0])
+                elif gold:  # the retriever's order; a gold passage it ranked past k comes last
+                    passages = distractors[: k - 1]
+                    passages.insert(min(rank if rank is not None else k, k - 1), gold[0])
             out.append({**record, self.config.context_field: [h.to_dict() for h in passages]})
         return out
 

@@ -406,19 +406,43 @@ class Evaluator:
                 )
             )
         report = Report("retrieval", results, [], self._reproducibility(None, []), self.alpha)
-        report.comparisons = self._compare_retrieval(results)
+        report.comparisons = self._compare_retrieval(results, cutoffs)
         return report
 
-    def _compare_retrieval(self, results: list[AdapterResult]) -> list[Comparison]:
+    def _compare_retrieval(
+        self, results: list[AdapterResult], cutoffs: Sequence[int] = (1, 5, 10)
+    ) -> list[Comparison]:
+        """Paired permutation tests between every two retrievers: recall at each cutoff, MRR
+        and nDCG, on the same queries."""
         out = []
-        spec = metrics.get("mrr")
         for i, a in enumerate(results):
             for b in results[i + 1 :]:
-                p = paired_permutation(spec.values(a.batch), spec.values(b.batch), seed=self.seed)
-                diff = a.metrics["mrr"].value - b.metrics["mrr"].value
-                out.append(
-                    Comparison(a.name, b.name, "mrr", diff, p, "paired permutation", p < self.alpha)
-                )
+                assert a.batch is not None and b.batch is not None
+                k = a.batch.k
+                tests: list[tuple[str, Any, Any, str]] = [
+                    (
+                        f"recall@{c}",
+                        RetrievalBatch(a.batch.retrieved, a.batch.relevant, c),
+                        RetrievalBatch(b.batch.retrieved, b.batch.relevant, c),
+                        "recall_at_k",
+                    )
+                    for c in cutoffs
+                ]
+                tests += [
+                    ("mrr", a.batch, b.batch, "mrr"),
+                    (f"ndcg@{k}", a.batch, b.batch, "ndcg_at_k"),
+                ]
+                for shown, batch_a, batch_b, metric in tests:
+                    spec = metrics.get(metric)
+                    p = paired_permutation(
+                        spec.values(batch_a), spec.values(batch_b), seed=self.seed
+                    )
+                    diff = a.metrics[shown].value - b.metrics[shown].value
+                    out.append(
+                        Comparison(
+                            a.name, b.name, shown, diff, p, "paired permutation", p < self.alpha
+                        )
+                    )
         return out
 
     # ---- report -------------------------------------------------------------------------------
