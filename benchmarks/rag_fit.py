@@ -16,6 +16,8 @@ from pathlib import Path
 
 import promptkit as pk
 
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -26,6 +28,9 @@ def main() -> None:
     parser.add_argument("--chunk-tokens", type=int, default=128)
     parser.add_argument("--max-length", type=int, default=448)
     parser.add_argument("--gold-probability", type=float, default=0.8)
+    parser.add_argument("--r", type=int, default=8, help="LoRA rank")
+    parser.add_argument("--all-linear", action="store_true",
+                        help="LoRA on every projection, not only attention q and v")
     parser.add_argument("--gold-position", default="retrieved", choices=["retrieved", "random"])
     parser.add_argument("--only", nargs="*", help="adapters to run (default: all)")
     parser.add_argument("--reuse", action="store_true", help="load adapters saved by a past run")
@@ -44,7 +49,9 @@ def main() -> None:
     rag_task = pk.Task.generation(template="rag_qa", prompt_fields=["question"])
     training = {"model": "smollm2-135m-instruct", "epochs": args.epochs, "batch_size": 8,
                 "learning_rate": args.learning_rate, "max_length": args.max_length, "max_new_tokens": 48,
-                "warmup_ratio": 0.1, "logging_steps": 10, "save_checkpoints": False}
+                "warmup_ratio": 0.1, "logging_steps": 10, "save_checkpoints": False,
+                "r": args.r, "alpha": 2 * args.r,
+                "target_modules": ALL_LINEAR if args.all_linear else None}
     reader = pk.create_adapter("prompt", model="smollm2-135m-instruct", task=rag_task,
                                max_new_tokens=48, batch_size=8, max_length=args.max_length)
     knowledge = {"knowledge": kb, "top_k": args.top_k, "distinct": "heading"}

@@ -181,7 +181,7 @@ def build_task(spec: dict[str, Any], records: list[dict[str, Any]] | None = None
     from promptkit.task import Task, infer_labels
 
     args = dict(spec)
-    kind: Literal["classification", "generation"] | None = args.pop("kind", None)
+    kind: str | None = args.pop("kind", None)
     if kind == "classification":
         if "labels" not in args:
             if not records:
@@ -192,7 +192,13 @@ def build_task(spec: dict[str, Any], records: list[dict[str, Any]] | None = None
         return Task.classification(**args)
     if kind == "generation":
         return Task.generation(**args)
-    raise ConfigError(f"task.kind must be 'classification' or 'generation', got {kind!r}.")
+    if kind == "retrieval":
+        return Task.retrieval(**args)
+    if kind == "rerank":
+        return Task.rerank(**args)
+    raise ConfigError(
+        f"task.kind must be 'classification', 'generation', 'retrieval' or 'rerank', got {kind!r}."
+    )
 
 
 def load_splits(experiment: ExperimentConfig, seed: int) -> dict[str, list[dict[str, Any]]]:

@@ -160,3 +160,21 @@ def test_fusion_settings_and_tuning(tiny_bert, sections):
     assert chosen["recall@1"] >= dense_row["recall@1"]
     assert chosen["recall@1"] == max(r["recall@1"] for r in table)
     assert len(table) == 1 + 5 * 3  # dense alone, and five BM25 weights by three rrf_k
+
+
+def test_rerank_weight_blends_and_is_tuned(tiny_bert, sections, reranker):
+    adapter, _ = reranker
+    kb = pk.KnowledgeBase.build(sections, embedder=tiny_bert)
+    query = "tell me about chess"
+    first = [h.id for h in kb.search(query, k=5, candidates=7)]
+    assert [h.id for h in kb.search(query, k=5, rerank=adapter, candidates=5,
+                                     rerank_weight=0.0)] == first  # weight 0: first stage
+    with pytest.raises(KnowledgeBaseError, match="rerank_weight"):
+        kb.search(query, rerank=adapter, rerank_weight=1.5)
+    queries = [f"tell me about {t}" for t in TOPICS]
+    weight, table = pk.knowledge.tune_rerank_weight(kb, adapter, queries, list(TOPICS),
+                                                    candidates=5, k=3)
+    assert [r["rerank_weight"] for r in table][0] == 0.0 and len(table) == 9
+    best = max(r["recall@1"] for r in table)
+    chosen = next(r for r in table if r["rerank_weight"] == weight)
+    assert chosen["recall@1"] == best and best >= table[0]["recall@1"]

@@ -44,6 +44,13 @@ class RetrievalConfig(AdapterConfig):
         description="A fitted rerank adapter (cross-encoder) or its saved directory: reorders "
         "the `candidates` best dense (or hybrid) hits before the top_k are kept.",
     )
+    rerank_weight: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="Weight of the reranker's score against the first stage's (1: reranker "
+        "alone); choose it on validation with promptkit.knowledge.tune_rerank_weight.",
+    )
     candidates: int | None = Field(
         None, ge=1, description="Hits reranking and fusion start from (default 4 * top_k)."
     )
@@ -207,6 +214,7 @@ class RetrievalAdapter(Adapter):
             "distinct": config.distinct,
             "rerank": self.reranker_ or False,
             "candidates": config.candidates,
+            "rerank_weight": config.rerank_weight,
         }
 
     def _with_context(

@@ -247,6 +247,13 @@ class Evaluator:
         """
         if len(records) != len(predictions):
             raise DataError(f"{len(predictions)} predictions for {len(records)} examples.")
+        if task.pairs:
+            raise ConfigError(
+                f"A {task.kind} model is judged by what it ranks: compare retrievers with "
+                "Evaluator.retrieval({name: query -> ranked ids}, queries, relevant) — e.g. "
+                "searches of a knowledge base built with embedder=<the adapter's folder>, or "
+                "reranked with rerank=<the adapter>."
+            )
         if task.kind == "classification":
             result = self._score_classification(task, records, predictions, name, repeats)
         else:

@@ -4,7 +4,7 @@ from promptkit.knowledge.base import KnowledgeBase, UpdateStats
 from promptkit.knowledge.chunking import Chunk, ChunkingConfig, chunk_text
 from promptkit.knowledge.loaders import Document, loaders, scan_folder
 from promptkit.knowledge.ranking import Fusion, Hit
-from promptkit.knowledge.tuning import tune_fusion
+from promptkit.knowledge.tuning import tune_fusion, tune_rerank_weight
 
 __all__ = [
     "Chunk",
@@ -18,4 +18,5 @@ __all__ = [
     "loaders",
     "scan_folder",
     "tune_fusion",
+    "tune_rerank_weight",
 ]

@@ -420,6 +420,7 @@ class KnowledgeBase:
         rerank: Any = False,
         candidates: int | None = None,
         distinct: str | None = None,
+        rerank_weight: float = 1.0,
     ) -> list[Hit]:
         """The ``k`` chunks most similar to ``query``.
 
@@ -427,13 +428,17 @@ class KnowledgeBase:
         filter still returns its matches. ``hybrid`` fuses BM25 with dense results by reciprocal
         rank fusion (True, or a :class:`Fusion` / dict of dense_weight, sparse_weight, rrf_k);
         ``rerank`` (a fitted rerank adapter, its directory, or a cross-encoder checkpoint with a
-        trained head) reorders the candidates.
+        trained head) reorders the candidates; ``rerank_weight`` below 1 blends its standardized
+        scores with the first stage's (choose it on validation with
+        :func:`promptkit.knowledge.tune_rerank_weight`).
         ``candidates`` is how many chunks fusion and reranking start from (default ``4 * k``);
         reranking costs one cross-encoder pass per candidate. ``distinct="source"`` (or a
         metadata field) returns ``k`` hits with different values of it — the best chunk of each
         of ``k`` documents rather than ``k`` chunks of one page.
         """
-        return self.search_many([query], k, filter, hybrid, rerank, candidates, distinct)[0]
+        return self.search_many(
+            [query], k, filter, hybrid, rerank, candidates, distinct, rerank_weight
+        )[0]
 
     def search_many(
         self,
@@ -444,8 +449,12 @@ class KnowledgeBase:
         rerank: Any = False,
         candidates: int | None = None,
         distinct: str | None = None,
+        rerank_weight: float = 1.0,
     ) -> list[list[Hit]]:
         """:meth:`search` for several queries at once (one embedding batch)."""
+        if not 0 <= rerank_weight <= 1:
+            raise KnowledgeBaseError(f"rerank_weight must be in [0, 1], got {rerank_weight}.")
+        rerank = (rerank, rerank_weight) if rerank is not False and rerank is not None else False
         if not all(isinstance(q, str) for q in queries):
             raise KnowledgeBaseError("Queries must be strings.")
         if distinct is None:
@@ -542,16 +551,20 @@ class KnowledgeBase:
             self._bm25 = BM25Ranker(*self.store.all_texts())
         return self._bm25.top(query, k, allowed)
 
-    def _rerank(self, query: str, hits: list[Hit], model: Any) -> list[Hit]:
+    def _rerank(self, query: str, hits: list[Hit], setting: tuple[Any, float]) -> list[Hit]:
+        model, weight = setting
         if model is True:
             raise KnowledgeBaseError(
                 "rerank=True: promptkit ships no trained reranker, and an untrained ranking head "
                 "ranks at random. " + HOW_TO_TRAIN
             )
-        current = self._reranker.source if self._reranker is not None else None
-        if current is not model and not (isinstance(model, str) and current == model):
-            self._reranker = CrossEncoderReranker(model)
-        return self._reranker.rerank(query, hits)
+        reranker = self._reranker
+        current = reranker.source if reranker is not None else None
+        if reranker is None or (
+            current is not model and not (isinstance(model, str) and current == model)
+        ):
+            reranker = self._reranker = CrossEncoderReranker(model)
+        return reranker.rerank(query, hits, weight)
 
     def training_pairs(
         self,

@@ -95,13 +95,34 @@ class CrossEncoderReranker:
         self.name = model if isinstance(model, str) else f"<{type(model).__name__}>"
         self.model = _cross_encoder(model)
 
-    def rerank(self, query: str, hits: list[Hit]) -> list[Hit]:
+    def scores(self, query: str, hits: list[Hit]) -> np.ndarray:
+        """The cross-encoder's relevance score of each hit for ``query``."""
+        if not hits:
+            return np.zeros(0)
+        pairs = [(query, h.text) for h in hits]
+        return np.asarray(self.model.predict(pairs, show_progress_bar=False)).reshape(-1)
+
+    def rerank(self, query: str, hits: list[Hit], weight: float = 1.0) -> list[Hit]:
+        """Hits reordered by ``weight`` × the cross-encoder's score + (1 − ``weight``) × the
+        first-stage score, both standardized over the candidates (``weight`` 1: the
+        cross-encoder alone)."""
         if not hits:
             return hits
-        scores = self.model.predict([(query, h.text) for h in hits], show_progress_bar=False)
-        for hit, score in zip(hits, np.asarray(scores).reshape(-1), strict=True):
+        scores = blend(self.scores(query, hits), np.array([h.score for h in hits]), weight)
+        for hit, score in zip(hits, scores, strict=True):
             hit.score = float(score)
         return sorted(hits, key=lambda h: -h.score)
+
+
+def blend(rerank: np.ndarray, first: np.ndarray, weight: float) -> np.ndarray:
+    """Interpolate standardized reranker and first-stage scores (weight on the reranker)."""
+    if weight >= 1:
+        return rerank
+    return weight * _standardized(rerank) + (1 - weight) * _standardized(first)
+
+
+def _standardized(values: np.ndarray) -> np.ndarray:
+    return (values - values.mean()) / (values.std() + 1e-9)
 
 
 HOW_TO_TRAIN = (
