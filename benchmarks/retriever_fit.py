@@ -32,11 +32,41 @@ def build_kb(embedder: str, chunk_tokens: int) -> Any:
                                   chunking={"max_tokens": chunk_tokens})
 
 
+def train_and_add(args: Any, kb: Any, pairs: list[dict[str, str]],
+                  validation: list[dict[str, Any]], searchers: dict[str, Any], searcher: Any,
+                  fitted: dict[str, float]) -> tuple[float, list[dict[str, Any]]]:
+    """Fit the retriever and the reranker; add their rows; return the reranker weight (chosen
+    on validation) and its grid."""
+    out = Path(args.out)
+    retriever = pk.create_adapter("full", model="minilm", task=pk.Task.retrieval(),
+                                  negatives_from=kb, **RETRIEVER)
+    fitted["retriever"] = retriever.fit(pairs).fit_seconds
+    retriever.save(out / "retriever")
+    reranker = pk.create_adapter("full", model="minilm", task=pk.Task.rerank(),
+                                 negatives_from=kb, **RERANKER)
+    fitted["reranker"] = reranker.fit(pairs).fit_seconds
+    reranker.save(out / "reranker")
+    print({k: round(v) for k, v in fitted.items()}, flush=True)
+    adapted = build_kb(str(out / "retriever"), args.chunk_tokens)
+    weight, weights = pk.knowledge.tune_rerank_weight(
+        adapted, reranker, [q["question"] for q in validation],
+        [q["passage_id"] for q in validation], candidates=args.candidates, distinct="heading")
+    print("reranker weight chosen on validation:", weight, flush=True)
+    searchers["adapted"] = searcher(adapted)
+    searchers["adapted_reranked"] = searcher(adapted, rerank=reranker,
+                                             candidates=args.candidates, rerank_weight=weight)
+    searchers["adapted_reranker_alone"] = searcher(adapted, rerank=reranker,
+                                                   candidates=args.candidates)
+    return weight, weights
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--split", default="validation", choices=["validation", "test"])
     parser.add_argument("--chunk-tokens", type=int, default=128)
     parser.add_argument("--candidates", type=int, default=20)
+    parser.add_argument("--untrained", action="store_true",
+                        help="only the rows that train nothing: dense, BM25, tuned hybrid")
     parser.add_argument("--out", default="runs/retriever-fit")
     args = parser.parse_args()
     out = Path(args.out)
@@ -44,25 +74,10 @@ def main() -> None:
     kb = build_kb("minilm", args.chunk_tokens)
     pairs = kb.training_pairs(faq["train"])
 
-    retriever = pk.create_adapter("full", model="minilm", task=pk.Task.retrieval(),
-                                  negatives_from=kb, **RETRIEVER)
-    fitted = {"retriever": retriever.fit(pairs).fit_seconds}
-    retriever.save(out / "retriever")
-    reranker = pk.create_adapter("full", model="minilm", task=pk.Task.rerank(),
-                                 negatives_from=kb, **RERANKER)
-    fitted["reranker"] = reranker.fit(pairs).fit_seconds
-    reranker.save(out / "reranker")
-    print({k: round(v) for k, v in fitted.items()}, flush=True)
-
-    adapted = build_kb(str(out / "retriever"), args.chunk_tokens)
     validation = faq["validation"]
     fusion, table = pk.knowledge.tune_fusion(
         kb, [q["question"] for q in validation], [q["passage_id"] for q in validation])
     print("fusion chosen on validation:", fusion, flush=True)
-    weight, weights = pk.knowledge.tune_rerank_weight(
-        adapted, reranker, [q["question"] for q in validation],
-        [q["passage_id"] for q in validation], candidates=args.candidates, distinct="heading")
-    print("reranker weight chosen on validation:", weight, flush=True)
 
     def searcher(base: Any, **options: Any) -> Any:
         def run(query: str) -> list[str]:
@@ -74,11 +89,12 @@ def main() -> None:
         "dense": searcher(kb),
         "bm25": searcher(kb, hybrid={"dense_weight": 0, "sparse_weight": 1}),
         "hybrid_tuned": searcher(kb, hybrid=fusion),
-        "adapted": searcher(adapted),
-        "adapted_reranked": searcher(adapted, rerank=reranker, candidates=args.candidates,
-                                     rerank_weight=weight),
-        "adapted_reranker_alone": searcher(adapted, rerank=reranker, candidates=args.candidates),
     }
+    fitted: dict[str, float] = {}
+    weight, weights = None, None
+    if not args.untrained:
+        weight, weights = train_and_add(args, kb, pairs, validation, searchers, searcher,
+                                        fitted)
     questions = faq[args.split]
     report = pk.Evaluator(resamples=1000).retrieval(
         searchers, [q["question"] for q in questions], [{q["passage_id"]} for q in questions],
@@ -90,7 +106,8 @@ def main() -> None:
     tests = [c.to_dict() for c in report.comparisons]
     payload = {"split": args.split, "fit_seconds": fitted, "fusion": fusion.to_dict(),
                "fusion_grid_validation": table,
-               "rerank_weight": weight, "rerank_weight_grid_validation": weights, "results": results, "paired_tests": tests,
+               "rerank_weight": weight, "rerank_weight_grid_validation": weights,
+               "results": results, "paired_tests": tests,
                "retriever": RETRIEVER, "reranker": RERANKER, "chunk_tokens": args.chunk_tokens}
     (HERE / "results" / f"retriever_fit_{args.split}.json").write_text(
         json.dumps(payload, indent=2))

@@ -174,7 +174,7 @@ def test_rerank_weight_blends_and_is_tuned(tiny_bert, sections, reranker):
     queries = [f"tell me about {t}" for t in TOPICS]
     weight, table = pk.knowledge.tune_rerank_weight(kb, adapter, queries, list(TOPICS),
                                                     candidates=5, k=3)
-    assert [r["rerank_weight"] for r in table][0] == 0.0 and len(table) == 9
+    assert table[0]["rerank_weight"] == 0.0 and len(table) == 9
     best = max(r["recall@1"] for r in table)
     chosen = next(r for r in table if r["rerank_weight"] == weight)
     assert chosen["recall@1"] == best and best >= table[0]["recall@1"]

@@ -66,6 +66,9 @@ class TrainingConfig(AdapterConfig):
     report_to: list[str] = Field(default_factory=list, description="e.g. ['tensorboard'].")
     save_checkpoints: bool = Field(True, description="Keep checkpoints in the run directory.")
     max_new_tokens: int = Field(32, ge=1, description="Generation length at prediction time.")
+    min_new_tokens: int = Field(
+        1, ge=0, description="Tokens generated before the end of sequence may end an answer."
+    )
     hard_negatives: int = Field(
         3,
         ge=0,
@@ -314,6 +317,7 @@ class FineTuneAdapter(Adapter):
         self.model_.eval()
         options = GenerationOptions(
             max_new_tokens=self.config.max_new_tokens,
+            min_new_tokens=self.config.min_new_tokens,
             batch_size=self.config.batch_size,
             seed=self.config.seed,
             stop=list(self.config.stop),

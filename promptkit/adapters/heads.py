@@ -31,6 +31,7 @@ class GenerationOptions:
     """Decoding settings shared by every generating adapter."""
 
     max_new_tokens: int = 32
+    min_new_tokens: int = 1
     do_sample: bool = False
     temperature: float = 1.0
     top_p: float = 1.0
@@ -225,6 +226,14 @@ class CausalLMHead(Head):
             rows.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})
         return rows
 
+    def predict(self, model: Any, records: Rows, options: GenerationOptions) -> list[Prediction]:
+        # prompts get the budget they had in training (max_length less the target's room), and
+        # never less room than the answer being generated: prompt and answer fit max_length
+        reserve = max(max(8, self.max_length // 4), options.max_new_tokens)
+        prompts = render_inputs(self.task, records, self.tokenizer, self.max_length, reserve)
+        texts = generate(model, self.tokenizer, prompts, options, causal=True)
+        return [Prediction(text=t) for t in texts]
+
 
 class Seq2SeqHead(Head):
     """An encoder-decoder LM: the prompt is encoded, the target decoded."""
@@ -282,6 +291,7 @@ def generate(
                 )
                 kwargs: dict[str, Any] = {
                     "max_new_tokens": options.max_new_tokens,
+                    "min_new_tokens": min(options.min_new_tokens, options.max_new_tokens),
                     "do_sample": options.do_sample,
                     "pad_token_id": tokenizer.pad_token_id,
                 }

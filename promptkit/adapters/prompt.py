@@ -52,6 +52,9 @@ class PromptConfig(AdapterConfig):
     shots: int = Field(0, ge=0, le=64, description="Demonstrations placed before each input.")
     chat: bool = Field(True, description="Wrap the prompt in the model's chat template if any.")
     max_new_tokens: int = Field(64, ge=1, le=4096)
+    min_new_tokens: int = Field(
+        1, ge=0, description="Tokens generated before the end of sequence may end an answer."
+    )
     do_sample: bool = Field(False, description="Sample instead of greedy decoding.")
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
@@ -425,6 +428,7 @@ class PromptAdapter(Adapter):
     def _generate(self, prompts: list[str]) -> list[Prediction]:
         options = GenerationOptions(
             max_new_tokens=self.config.max_new_tokens,
+            min_new_tokens=self.config.min_new_tokens,
             do_sample=self.config.do_sample,
             temperature=self.config.temperature,
             top_p=self.config.top_p,
