@@ -50,11 +50,7 @@ def tune_fusion(
             hits, reciprocal = [], []
             for d, s, gold in zip(dense, sparse, wanted, strict=True):
                 ranked = fuse([d, s], [1.0, fusion.sparse_weight], fusion.rrf_k) if weight else d
-                seen: list[Any] = []
-                for chunk_id, _ in ranked:  # distinct values, in rank order
-                    if value.get(chunk_id) not in seen:
-                        seen.append(value.get(chunk_id))
-                first = next((n for n, v in enumerate(seen) if v in gold), None)
+                first = _first_relevant([value.get(chunk_id) for chunk_id, _ in ranked], gold)
                 hits.append(first is not None and first < k)
                 reciprocal.append(0.0 if first is None else 1.0 / (first + 1))
             table.append(
