@@ -81,19 +81,27 @@ def test_hybrid_and_index_types(folder, tiny_bert):
     kb = pk.KnowledgeBase.build(folder, embedder=tiny_bert)
     hybrid = kb.search("Zorblat", k=2, hybrid=True)
     assert hybrid[0].source == "rivers.txt"  # BM25 finds the rare exact word
-    records = [f"document number {i} about {'cats' if i % 2 else 'rivers'}" for i in range(600)]
-    exact = pk.KnowledgeBase.build(records, embedder=tiny_bert, index="flat")
-    queries = [f"a note about {'cats' if i % 3 else 'rivers'} number {i * 7}" for i in range(40)]
-    truth = [{h.id for h in hits} for hits in exact.search_many(queries, k=10)]
-    for kind in ("hnsw", "ivf_flat", "ivf_pq"):
-        approx = pk.KnowledgeBase.build(records, embedder=tiny_bert, index=kind)
-        found = [{h.id for h in hits} for hits in approx.search_many(queries, k=10)]
+    # vectors with neighbours (a low-dimensional latent space plus noise): tiny random models
+    # embed most texts alike, and ties make recall meaningless
+    rng = np.random.default_rng(0)
+    projection = rng.normal(size=(6, 32))
+
+    def sample(n):
+        v = rng.normal(size=(n, 6)) @ projection + 0.3 * rng.normal(size=(n, 32))
+        return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+    records, vectors, queries = [f"record {i}" for i in range(3000)], sample(3000), sample(50)
+    exact = pk.KnowledgeBase.build(records, embedder=tiny_bert, index="flat", vectors=vectors)
+    truth = [{h.id for h in hits} for hits in exact.search_by_vector(queries, k=10)]
+    for kind in ("hnsw", "hnsw_sq8", "ivf_flat", "ivf_sq8", "ivf_pq"):
+        approx = pk.KnowledgeBase.build(records, embedder=tiny_bert, index=kind, vectors=vectors)
+        found = [{h.id for h in hits} for hits in approx.search_by_vector(queries, k=10)]
         measured = np.mean([len(a & b) / 10 for a, b in zip(found, truth, strict=True)])
         # recall against exact search, on queries that are not indexed vectors
         assert measured >= 0.8, (kind, measured)
         assert abs(approx.stats()["recall_at_10"] - measured) <= 0.15, (kind, measured)
         assert approx.stats()["index"] == kind
-        assert len(approx.search("cats", k=5)) == 5
+        assert len(approx.search("record", k=5)) == 5
     assert exact.stats()["recall_at_10"] == 1.0
     with pytest.raises(KnowledgeBaseError, match="needs at least"):
         pk.KnowledgeBase.build(records[:20], embedder=tiny_bert, index="ivf_pq")
@@ -120,18 +128,20 @@ def test_mismatched_embedder_and_corrupted_index(folder, tiny_bert, tmp_path):
     pk.KnowledgeBase.build(folder, embedder=tiny_bert, path=tmp_path / "kb")
     with pytest.raises(KnowledgeBaseError, match="built with embedder"):
         pk.KnowledgeBase.load(tmp_path / "kb", embedder="minilm")
-    index = tmp_path / "kb" / "index.faiss"
+    pk.KnowledgeBase.build([f"note {i}" for i in range(300)], embedder=tiny_bert,
+                           index="hnsw", path=tmp_path / "kb")
+    index = tmp_path / "kb" / "index.1.faiss"
     data = bytearray(index.read_bytes())
     data[len(data) // 2] ^= 0xFF
     index.write_bytes(bytes(data))
-    with pytest.raises(ArtifactError, match="index.faiss"):
+    with pytest.raises(KnowledgeBaseError, match=r"index\.1\.faiss.*corrupted"):
         pk.KnowledgeBase.load(tmp_path / "kb")
 
 
 def test_query_dimension_checked(folder, tiny_bert):
     kb = pk.KnowledgeBase.build(folder, embedder=tiny_bert)
     with pytest.raises(KnowledgeBaseError, match="dimensions"):
-        kb._dense(np.zeros((1, 7), dtype=np.float32), 3, None)
+        kb.search_by_vector(np.zeros((1, 7), dtype=np.float32), 3)
 
 
 def test_bad_files_skipped_with_one_warning(folder, tmp_path):
@@ -191,18 +201,19 @@ def test_two_writers_lose_nothing(tiny_bert, tmp_path):
     assert len(kb.store.ids_matching({"writer": "beta"})) == 500
 
 
-def test_sigkill_during_save_keeps_previous(tiny_bert, tmp_path):
+def test_sigkill_during_add_keeps_previous(tiny_bert, tmp_path):
     pk.KnowledgeBase.build(["first version"], embedder=tiny_bert, path=tmp_path / "kb")
     script = tmp_path / "slow.py"
     script.write_text(textwrap.dedent(f"""
         import time, promptkit as pk
-        from promptkit.knowledge import store
-        original = store.DocStore.save
-        def slow(self, path):
-            original(self, path)
+        from promptkit.knowledge.stores import faiss_store as store
+        original = store.FaissStore._append
+        def slow(self, vectors, ids):
+            result = original(self, vectors, ids)  # the rows are on disk, not yet committed
             print("saving", flush=True)
             time.sleep(60)
-        store.DocStore.save = slow
+            return result
+        store.FaissStore._append = slow
         kb = pk.KnowledgeBase.load({str(tmp_path / "kb")!r})
         kb.add(["second version"])
     """))
@@ -210,8 +221,9 @@ def test_sigkill_during_save_keeps_previous(tiny_bert, tmp_path):
     assert process.stdout.readline().strip() == "saving"
     process.kill()
     process.wait()
-    kb = pk.KnowledgeBase.load(tmp_path / "kb")
+    kb = pk.KnowledgeBase.load(tmp_path / "kb", verify=True)
     assert [h.text for h in kb.search("version", k=5)] == ["first version"]
+    assert len(kb) == kb.store.docs.count() == kb.store.delta.ntotal == 1  # index and docstore agree
 
 
 def test_ivf_pq_refine_reorders_candidates_and_keeps_filters(tmp_path):
@@ -226,7 +238,10 @@ def test_ivf_pq_refine_reorders_candidates_and_keeps_filters(tmp_path):
     recall = {}
     for refine in (None, "sq8", "flat"):
         index = build_index("ivf_pq", vectors, ids, {"nlist": 16, "m": 8, "refine": refine})
-        recall[refine] = measure_recall(index, vectors, k=10)
+        exact = build_index("flat", vectors, ids, {})
+        queries = vectors[:200] + vectors[200:400]  # not indexed vectors
+        queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+        recall[refine] = measure_recall(index, queries, exact.search(queries, 10)[1], k=10)
         allowed = ids[::5]
         params = search_params(index, faiss.IDSelectorBatch(allowed))
         _, found = index.search(vectors[:20], 10, params=params)

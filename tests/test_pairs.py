@@ -15,8 +15,10 @@ FIT = {"epochs": 3, "batch_size": 8, "learning_rate": 1e-3, "logging_steps": 50}
 @pytest.fixture(scope="module")
 def sections():
     """A knowledge base of six topic sections; 'river' has two chunks."""
-    records = [{"text": text, "heading": topic} for topic, text in TOPICS.items()]
-    records.append({"text": "the river floods the meadow every spring", "heading": "river"})
+    records = [{"text": text, "heading": topic, "source": f"{topic}.md"}
+               for topic, text in TOPICS.items()]
+    records.append({"text": "the river floods the meadow every spring", "heading": "river",
+                    "source": "river2.md"})  # a section's first chunk: lowest (source, start)
     return records
 
 

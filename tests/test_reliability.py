@@ -82,11 +82,14 @@ BAD_INPUT = [
                                          pk.knowledge.scan_folder(t)), "outside"),
     ("kb other embedder", lambda t, m: pk.KnowledgeBase.load(_saved_kb(t, m), embedder="minilm"),
      "built with embedder"),
-    ("kb query dimension", lambda t, m: pk.KnowledgeBase.load(_saved_kb(t, m))._dense(
-        np.zeros((1, 5), dtype=np.float32), 1, None), "dimensions"),
+    ("kb query dimension", lambda t, m: pk.KnowledgeBase.load(_saved_kb(t, m)).search_by_vector(
+        np.zeros((1, 5), dtype=np.float32), 1), "dimensions"),
     ("kb k=0", lambda t, m: pk.KnowledgeBase.load(_saved_kb(t, m)).search("a", k=0), "at least 1"),
-    ("kb corrupted index", lambda t, m: (_corrupt(_saved_kb(t, m) / "index.faiss", "flip"),
-                                         pk.KnowledgeBase.load(t / "kb")), "index.faiss"),
+    ("kb truncated vectors", lambda t, m: (_corrupt(_saved_kb(t, m) / "data.0.f32", "truncate"),
+                                           pk.KnowledgeBase.load(t / "kb")), "data.0.f32"),
+    ("kb corrupted vectors", lambda t, m: (_corrupt(_saved_kb(t, m) / "data.0.f32", "flip"),
+                                           pk.KnowledgeBase.load(t / "kb", verify=True)),
+     "sha256"),
     ("kb truncated sqlite", lambda t, m: (_corrupt(_saved_kb(t, m) / "docstore.sqlite",
                                                    "truncate"), pk.KnowledgeBase.load(t / "kb")),
      "docstore.sqlite"),
@@ -134,18 +137,23 @@ def test_write_error_mid_save_keeps_previous(tmp_path, tiny_bert, monkeypatch):
     """A full disk (simulated: the writer raises ENOSPC) leaves the old knowledge base intact."""
     kb_dir = _saved_kb(tmp_path, tiny_bert)
     kb = pk.KnowledgeBase.load(kb_dir)
-    from promptkit.knowledge import store
+    from promptkit.knowledge.stores.faiss_store import FaissStore
 
-    def full_disk(self, path):
+    original = FaissStore._append
+
+    def full_disk(self, vectors, ids):
+        original(self, vectors[:1], ids[:1])  # part of the rows reach the disk, then it is full
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(store.DocStore, "save", full_disk)
+    monkeypatch.setattr(FaissStore, "_append", full_disk)
     with pytest.raises(pk.errors.ArtifactError, match="No space left"):
-        kb.add(["gamma"])
+        kb.add(["gamma", "delta"])
     monkeypatch.undo()
-    reopened = pk.KnowledgeBase.load(kb_dir)
+    reopened = pk.KnowledgeBase.load(kb_dir, verify=True)
     assert len(reopened) == 2
-    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+    reopened.add(["epsilon"])  # the half-written tail is overwritten, not mixed in
+    again = pk.KnowledgeBase.load(kb_dir, verify=True)
+    assert {h.text for h in again.search("anything", k=5)} == {"alpha", "beta", "epsilon"}
 
 
 # ---- fuzzing -----------------------------------------------------------------------------------

@@ -1,13 +1,20 @@
-"""``KnowledgeBase``: documents → chunks → embeddings → FAISS index + SQLite docstore.
+"""``KnowledgeBase``: documents → chunks → embeddings → a vector store, searched with filters.
 
-A knowledge base is an artifact directory (``manifest.json``, ``docstore.sqlite``,
-``index.faiss``). Re-indexing is incremental by content hash; a file lock serializes writers, and
-each write goes through a temporary directory, so a crash leaves the previous version loadable.
+A knowledge base is a directory: ``manifest.json`` (the embedder, chunking and store settings)
+and the store's files (``faiss``, the default: SQLite + vector files + index; ``milvus``: a
+milvus-lite file, or nothing local when the store is a Milvus cluster). Re-indexing is
+incremental by content hash; a file lock serializes writers, every write is one commit of the
+store, and a build happens in a temporary directory moved into place when done, so a crash
+leaves the previous version searchable.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
+import uuid
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,31 +22,27 @@ from typing import Any
 
 import numpy as np
 
-from promptkit.artifacts import artifact_size, read_manifest, write_artifact
+from promptkit.artifacts import FORMAT_VERSION, _fsync_dir, _swap_into_place, read_manifest
 from promptkit.config import validate
 from promptkit.errors import KnowledgeBaseError
 from promptkit.knowledge.chunking import ChunkingConfig, chunk_text
 from promptkit.knowledge.embedder import Embedder, get_embedder
-from promptkit.knowledge.index import (
-    EXACT_BELOW,
-    build_index,
-    choose_index_type,
-    index_types,
-    measure_recall,
-    search_index,
-)
+from promptkit.knowledge.index import EXACT_BELOW, index_types
 from promptkit.knowledge.loaders import Document, scan_folder
-from promptkit.knowledge.ranking import (
-    HOW_TO_TRAIN,
-    BM25Ranker,
-    CrossEncoderReranker,
-    Fusion,
-    Hit,
-    fuse,
+from promptkit.knowledge.ranking import HOW_TO_TRAIN, CrossEncoderReranker, Fusion, Hit
+from promptkit.knowledge.stores import (
+    DocumentRecord,
+    StoredChunk,
+    VectorStore,
+    chunk_id,
+    copy_store,
+    open_store,
+    parse_store,
+    text_hash,
 )
-from promptkit.knowledge.store import DocStore, text_hash
 
 KIND = "knowledge_base"
+STORE_FORMAT = 2  # knowledge bases before it kept every vector in one SQLite file
 
 
 @dataclass
@@ -64,11 +67,11 @@ class KnowledgeBase:
         source: str | Path | None = None,
         strict: bool = False,
         device: str = "auto",
+        store: str | dict[str, Any] | None = None,
     ) -> None:
         if index != "auto" and index not in index_types:
             raise KnowledgeBaseError(index_types.unknown_message(index))
         self.embedder_name = embedder
-        self.embedder_fingerprint: str | None = None  # whose vectors the store holds
         self.device = device  # where the embedder runs: a runtime choice, not saved
         self.index_type = index
         self.index_params = dict(index_params or {})
@@ -79,17 +82,47 @@ class KnowledgeBase:
         )
         self.source = str(Path(source).resolve()) if source else None
         self.strict = strict
+        self.store_config = parse_store(store)
         self.path: Path | None = None
-        self.store = DocStore()
-        self.dimension: int | None = None
-        self.recall_at_10: float | None = None
+        self._store: VectorStore | None = None
         self._embedder: Embedder | None = None
-        self._index: Any = None
-        self._index_kind = index if index != "auto" else "flat"
-        self._exact: Any = None
-        self._bm25: BM25Ranker | None = None
         self._reranker: CrossEncoderReranker | None = None
-        self._loaded_stamp: str | None = None
+
+    # ---- the store ----------------------------------------------------------------------------
+
+    @property
+    def store(self) -> VectorStore:
+        """Where the chunks live. An unsaved knowledge base keeps its store in a temporary
+        directory that goes away with the object."""
+        if self._store is None:
+            scratch = Path(tempfile.mkdtemp(prefix="promptkit-kb-"))
+            config = self.store_config
+            if config["backend"] == "milvus" and config.get("uri"):
+                raise KnowledgeBaseError(
+                    "A knowledge base on a Milvus cluster needs a directory for its manifest: "
+                    "build it with path=..."
+                )
+            self._open(scratch)
+            weakref.finalize(self, _close_and_remove, self._store, scratch)
+        return self._store
+
+    def _open(self, root: Path, verify: bool = False) -> VectorStore:
+        self._store = open_store(
+            self.store_config, root, self.index_type, self.index_params, verify=verify
+        )
+        return self._store
+
+    @property
+    def dimension(self) -> int | None:
+        return self.store.info.get("dimension")
+
+    @property
+    def embedder_fingerprint(self) -> str | None:
+        return self.store.info.get("fingerprint")
+
+    @property
+    def recall_at_10(self) -> float | None:
+        return self.store.stats().get("recall_at_10")
 
     # ---- construction -------------------------------------------------------------------------
 
@@ -104,31 +137,67 @@ class KnowledgeBase:
         strict: bool = False,
         path: str | Path | None = None,
         device: str = "auto",
+        store: str | dict[str, Any] | None = None,
+        vectors: np.ndarray | None = None,
     ) -> KnowledgeBase:
-        """Index a folder (or an iterable of records/strings). With ``path``, also save there.
+        """Index a folder (or an iterable of records/strings). With ``path``, the knowledge base
+        lives in that directory (built aside and moved into place when complete).
 
-        ``device`` is where the embedder runs ("auto": CUDA if present, else CPU).
+        ``device`` is where the embedder runs ("auto": CUDA if present, else CPU). ``store`` is
+        ``"faiss"`` (default), ``"milvus"`` or a Milvus URI (see :mod:`promptkit.knowledge.stores`).
+        ``vectors`` gives the records' embeddings (one row per record, each record one chunk).
         """
         folder = source if isinstance(source, (str, Path)) else None
-        kb = cls(embedder, index, index_params, chunking, folder, strict, device)
-        if folder is not None:
-            kb._sync_folder()
-        else:
-            kb._add_records(source)  # type: ignore[arg-type]
-        kb._ensure_index()  # built (and, if approximate, its recall measured) now
-        if path is not None:
-            kb.save(path)
-            kb.path = Path(path)  # built at a path: later updates go there
+        kb = cls(embedder, index, index_params, chunking, folder, strict, device, store)
+
+        def fill() -> None:
+            if folder is not None:
+                kb._sync_folder()
+            else:
+                kb._add_records(source, vectors)  # type: ignore[arg-type]
+
+        if path is None:
+            fill()
+            return kb
+        target = Path(path).expanduser().resolve()
+        staging = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            kb._open(staging)
+            fill()
+            kb._write_manifest(staging)
+            kb.store.close()
+            _fsync_dir(staging)
+            _swap_into_place(staging, target)
+        except BaseException:
+            if kb._store is not None:
+                kb._store.close()
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        kb._open(target)
+        kb.path = target
         return kb
 
     @classmethod
     def load(
-        cls, path: str | Path, embedder: str | None = None, device: str = "auto"
+        cls,
+        path: str | Path,
+        embedder: str | None = None,
+        device: str = "auto",
+        verify: bool = False,
     ) -> KnowledgeBase:
-        """Open a saved knowledge base; ``embedder``, if given, must match the one it used."""
-        root = Path(path)
+        """Open a saved knowledge base; ``embedder``, if given, must match the one it used.
+
+        Opening checks file sizes; ``verify=True`` also checks every stored vector's sha256.
+        """
+        root = Path(path).expanduser().resolve()
         manifest = read_manifest(root, kind=KIND)
         config, meta = manifest["config"], manifest["meta"]
+        if meta.get("store_format") != STORE_FORMAT:
+            raise KnowledgeBaseError(
+                f"{root} was written by an earlier promptkit that kept every vector in memory. "
+                f"Rebuild it: promptkit kb build {config.get('source') or '<folder>'} --out {root}"
+            )
         if embedder is not None and embedder != config["embedder"]:
             raise KnowledgeBaseError(
                 f"{root} was built with embedder {config['embedder']!r} "
@@ -143,120 +212,157 @@ class KnowledgeBase:
             None,
             config.get("strict", False),
             device,
+            config.get("store"),
         )
         kb.source = config.get("source")
-        kb._read(root, manifest)
+        kb._open(root, verify=verify)
         kb.path = root
         return kb
 
-    def _read(self, root: Path, manifest: dict[str, Any]) -> None:
-        import faiss
+    def _write_manifest(self, root: Path) -> None:
+        """The manifest names settings, not files: the store checks its own files on open."""
+        import os
+        import time
 
-        self.store = DocStore(root / "docstore.sqlite")
-        self.dimension = manifest["meta"].get("dimension")
-        self.embedder_fingerprint = manifest["meta"].get("embedder_fingerprint")
-        self.recall_at_10 = manifest["meta"].get("recall_at_10")
-        self._index_kind = manifest["meta"].get("index_type") or "flat"
-        index_file = root / "index.faiss"
-        try:
-            self._index = faiss.read_index(str(index_file)) if index_file.is_file() else None
-        except RuntimeError as exc:
-            raise KnowledgeBaseError(
-                f"{index_file} could not be read ({str(exc).splitlines()[0]}). The file is "
-                "corrupted; rebuild the knowledge base or restore it from a copy."
-            ) from exc
-        if self._index is not None and self._index.ntotal != self.store.count():
-            raise KnowledgeBaseError(
-                f"{index_file} holds {self._index.ntotal} vectors but the docstore has "
-                f"{self.store.count()} chunks; rebuild the knowledge base."
-            )
-        self._bm25 = self._exact = None
-        self._loaded_stamp = manifest.get("created", "") + str(manifest["files"])
+        from promptkit._version import __version__
+
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "promptkit_version": __version__,
+            "kind": KIND,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "config": {
+                "embedder": self.embedder_name,
+                "index": self.index_type,
+                "index_params": self.index_params,
+                "chunking": self.chunking.model_dump(),
+                "source": self.source,
+                "strict": self.strict,
+                "store": self.store_config,
+            },
+            "meta": {"store_format": STORE_FORMAT, "dimension": self.dimension,
+                     "embedder_fingerprint": self.embedder_fingerprint},  # fmt: skip
+            "files": {},
+        }
+        temporary = root / f".manifest.{uuid.uuid4().hex[:8]}"
+        temporary.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+        with open(temporary, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, root / "manifest.json")
 
     # ---- embedding ----------------------------------------------------------------------------
 
     @property
     def embedder(self) -> Embedder:
         if self._embedder is None:
-            self._embedder = get_embedder(self.embedder_name, self.device)
-            if self.dimension is not None and self._embedder.dimension != self.dimension:
+            embedder = get_embedder(self.embedder_name, self.device)
+            info = self.store.info
+            if info.get("dimension") not in (None, embedder.dimension):
                 raise KnowledgeBaseError(
-                    f"Embedder {self.embedder_name!r} now gives {self._embedder.dimension}-dim "
-                    f"vectors, but this knowledge base holds {self.dimension}-dim ones. Rebuild it."
+                    f"Embedder {self.embedder_name!r} now gives {embedder.dimension}-dim "
+                    f"vectors, but this knowledge base holds {info['dimension']}-dim ones. "
+                    "Rebuild it."
                 )
-            found = self._embedder.fingerprint
-            if self.embedder_fingerprint not in (None, found):
-                self._embedder = None
+            found = embedder.fingerprint
+            if info.get("fingerprint") not in (None, found):
                 raise KnowledgeBaseError(
                     f"The embedder {self.embedder_name!r} has changed since this knowledge base "
-                    f"was embedded (weights {found}, vectors from {self.embedder_fingerprint}); "
+                    f"was embedded (weights {found}, vectors from {info['fingerprint']}); "
                     "its vectors would not match new queries. Call kb.reembed(<embedder>) to "
                     "embed it again."
                 )
-            self.dimension = self._embedder.dimension
-            self.embedder_fingerprint = found
+            self._embedder = embedder
         return self._embedder
+
+    def _bind(self) -> None:
+        """Record this embedder with the store before its first vectors go in."""
+        info = self.store.info
+        if info.get("dimension") is None:
+            embedder = self.embedder
+            self.store.bind(self.embedder_name, embedder.fingerprint, embedder.dimension)
 
     def reembed(self, embedder: str, progress: bool = True) -> KnowledgeBase:
         """Embed every chunk again with ``embedder`` (an alias, path, or a saved retrieval
         adapter's directory) and rebuild the index; chunks and metadata stay as they are.
 
-        Every stored vector is replaced, so none from the old embedder is left to mix with the
-        new ones. A knowledge base bound to a directory is saved there again.
+        The new vectors go into a fresh store that replaces the old one only when complete, so
+        none from the old embedder is left to mix with the new ones.
         """
         new = get_embedder(embedder, self.device)
 
         def change() -> None:
-            ids, texts = self.store.all_texts()
-            if texts:
-                self.store.replace_embeddings(ids, new.encode(texts, progress=progress))
+            old = self.store
+            root = self.path or Path(tempfile.mkdtemp(prefix="promptkit-kb-"))
+            staging = root.parent / f".{root.name}.tmp-{uuid.uuid4().hex[:8]}"
+            config = dict(self.store_config)
+            if config.get("uri"):  # a cluster: the new vectors go to a new collection
+                config["collection"] = f"{config['collection']}_{uuid.uuid4().hex[:8]}"
+            fresh = open_store(config, staging, self.index_type, self.index_params)
+            fresh.bind(embedder, new.fingerprint, new.dimension)
+            copy_store(old, fresh, encode=lambda t: new.encode(t, progress=False), progress=progress)
             self.embedder_name, self._embedder = embedder, new
-            self.dimension, self.embedder_fingerprint = new.dimension, new.fingerprint
-            self._invalidate()
-            self._ensure_index()
+            previous, self.store_config = self.store_config, config
+            self._store = fresh
+            if self.path is not None:
+                self._write_manifest(staging)
+            fresh.close()
+            old.close()
+            if previous.get("uri"):
+                _drop_collection(previous)
+            _swap_into_place(staging, root)
+            self._open(root)
+            if self.path is None:
+                weakref.finalize(self, _close_and_remove, self._store, root)
 
         self._transaction(change)
         return self
-
     # ---- writing ------------------------------------------------------------------------------
 
-    def _ingest(self, documents: list[Document], replace: Iterable[str] = ()) -> tuple[int, int]:
-        """Chunk and embed ``documents`` (reusing cached vectors), replacing ``replace`` sources."""
-        embedder = self.embedder
-        limit = min(self.chunking.max_tokens, embedder.max_tokens)
-        config = self.chunking.model_copy(update={"max_tokens": limit})
+    def _ingest(
+        self,
+        documents: list[Document],
+        replace: Iterable[str] = (),
+        vectors: np.ndarray | None = None,
+    ) -> tuple[int, int]:
+        """Chunk and embed ``documents`` (reusing stored vectors), replacing ``replace`` sources;
+        with ``vectors``, each document is one chunk with the given embedding."""
+        self._bind()
         pending = []
-        for doc in documents:
-            for chunk in chunk_text(doc.text, embedder.count_tokens, config, doc.metadata):
-                pending.append((doc.source, chunk, text_hash(chunk.text)))
-        cached = self.store.cached_embeddings(h for _, _, h in pending)
-        self.store.delete_sources(replace)
-        missing = sorted({h: c.text for _, c, h in pending if h not in cached}.items())
-        vectors = embedder.encode([text for _, text in missing])
-        cached.update({h: v for (h, _), v in zip(missing, vectors, strict=True)})
-        next_id = self.store.next_id()
-        rows = [
-            (
-                next_id + i,
-                source,
-                chunk.text,
-                chunk.start,
-                chunk.end,
-                digest,
-                chunk.metadata,
-                cached[digest],
-            )
-            for i, (source, chunk, digest) in enumerate(pending)
+        if vectors is None:
+            embedder = self.embedder
+            limit = min(self.chunking.max_tokens, embedder.max_tokens)
+            config = self.chunking.model_copy(update={"max_tokens": limit})
+            for doc in documents:
+                for chunk in chunk_text(doc.text, embedder.count_tokens, config, doc.metadata):
+                    pending.append((doc.source, chunk.text, chunk.start, chunk.end, chunk.metadata))
+        else:
+            for doc in documents:
+                pending.append((doc.source, doc.text, 0, len(doc.text), dict(doc.metadata)))
+        hashes = [text_hash(text) for _, text, *_ in pending]
+        if vectors is None:
+            cached = self.store.cached_embeddings(hashes)
+            missing = sorted({h: p[1] for h, p in zip(hashes, pending, strict=True)
+                              if h not in cached}.items())  # fmt: skip
+            fresh = self.embedder.encode([text for _, text in missing])
+            cached.update({h: v for (h, _), v in zip(missing, fresh, strict=True)})
+            matrix = np.stack([cached[h] for h in hashes]) if pending else None
+            embedded = len(missing)
+        else:
+            matrix, embedded = np.asarray(vectors, dtype=np.float32), len(pending)
+            norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+            matrix = matrix / np.maximum(norms, 1e-12)  # inner product is cosine similarity
+        chunks = [
+            StoredChunk(chunk_id(source, start, digest), source, text, start, end, digest, meta)
+            for (source, text, start, end, meta), digest in zip(pending, hashes, strict=True)
         ]
-        self.store.add_chunks(rows)
-        for doc in documents:
-            self.store.put_document(doc.source, doc.content_hash, doc.metadata)
-        self._invalidate()
-        return len(missing), len(pending) - len(missing)
-
-    def _invalidate(self) -> None:
-        self._index = self._exact = None
-        self._bm25 = None
+        dim = self.store.info.get("dimension") or 1
+        self.store.write(
+            chunks,
+            matrix if matrix is not None else np.zeros((0, dim), np.float32),
+            [DocumentRecord(d.source, d.content_hash, d.metadata) for d in documents],
+            replace,
+        )
+        return embedded, len(pending) - embedded
 
     def _sync_folder(self) -> UpdateStats:
         if self.source is None:
@@ -278,7 +384,7 @@ class KnowledgeBase:
             stats.chunks_embedded, stats.chunks_reused = embedded, reused
         return stats
 
-    def _add_records(self, records: Iterable[Any]) -> int:
+    def _add_records(self, records: Iterable[Any], vectors: np.ndarray | None = None) -> int:
         documents = []
         for number, record in enumerate(records):
             if isinstance(record, str):
@@ -291,123 +397,120 @@ class KnowledgeBase:
             doc = Document(record["text"], "", meta)
             doc.source = str(record.get("source") or f"record:{doc.content_hash[:16]}")
             documents.append(doc)
-        embedded, _ = self._ingest(documents, replace=[d.source for d in documents])
+        if vectors is not None and len(vectors) != len(documents):
+            raise KnowledgeBaseError(
+                f"{len(documents)} records but {len(vectors)} vectors: give one vector per record."
+            )
+        embedded, _ = self._ingest(documents, replace=[d.source for d in documents], vectors=vectors)
         return embedded
 
     def _transaction(self, change: Any) -> Any:
-        """Apply ``change`` under the directory's lock, on the latest saved state, then save."""
+        """Apply ``change`` under the directory's lock, on the latest committed state."""
         if self.path is None:
             return change()
         from filelock import FileLock
 
         with FileLock(str(self.path) + ".lock"):
-            manifest = read_manifest(self.path, kind=KIND)
-            if manifest.get("created", "") + str(manifest["files"]) != self._loaded_stamp:
-                self._read(self.path, manifest)  # another writer saved since we loaded
-            result = change()
-            self._loaded_stamp = self._write(self.path)
-        return result
+            self.store.refresh()  # another writer may have committed since
+            return change()
 
     def update(self) -> UpdateStats:
         """Re-scan the source folder: embed new and changed files, drop deleted ones."""
         return self._transaction(self._sync_folder)
 
-    def add(self, records: Iterable[Any]) -> int:
-        """Add records (strings, or dicts with ``text`` plus metadata). Returns chunks embedded."""
+    def add(self, records: Iterable[Any], vectors: np.ndarray | None = None) -> int:
+        """Add records (strings, or dicts with ``text`` plus metadata); returns chunks embedded.
+
+        With ``vectors`` (one embedding per record, from this knowledge base's embedder), each
+        record is stored as one chunk with its vector and nothing is embedded.
+        """
         items = list(records)
-        return self._transaction(lambda: self._add_records(items))
+        return self._transaction(lambda: self._add_records(items, vectors))
 
     def delete(self, sources: Iterable[str] = (), where: dict[str, Any] | None = None) -> int:
         """Remove documents by source path, and/or chunks whose metadata match ``where``."""
         listed = list(sources)
+        return self._transaction(lambda: self.store.delete(where=where, sources=listed))
 
-        def change() -> int:
-            removed = self.store.delete_sources(listed)
-            if where:
-                removed += self.store.delete_ids(self.store.ids_matching(where))
-            self._invalidate()
-            return removed
-
-        return self._transaction(change)
+    def optimize(self) -> KnowledgeBase:
+        """Retrain the index on the current vectors and compact deleted ones away (additions
+        and deletions never retrain; a store retrains by itself once it has doubled)."""
+        self._transaction(self.store.optimize)
+        return self
 
     def save(self, path: str | Path | None = None) -> Path:
-        """Write the knowledge base as an artifact directory (atomically, under a file lock).
+        """Write the knowledge base to ``path`` (a copy, moved into place when complete).
 
-        Saving is pure: the object is unchanged, and keeps working on the directory it was loaded
-        from (or built at). To work on the copy, ``KnowledgeBase.load(path)``.
+        A knowledge base bound to a directory commits every change there as it happens, so
+        ``save()`` without a path only rewrites the manifest. Saving elsewhere is pure: the
+        object keeps working where it was; ``KnowledgeBase.load(path)`` opens the copy.
         """
-        target = Path(path) if path is not None else self.path
+        target = Path(path).expanduser().resolve() if path is not None else self.path
         if target is None:
             raise KnowledgeBaseError("save() needs a path: this knowledge base lives in memory.")
+        if self.path is not None and target == self.path:
+            self._write_manifest(target)
+            return target
+        if self.store_config.get("uri"):
+            raise KnowledgeBaseError(
+                "This knowledge base lives on a Milvus cluster; to copy it use migrate(...)."
+            )
+        return self.migrate(self.store_config, target)._detach()
+
+    def migrate(self, store: str | dict[str, Any], path: str | Path) -> KnowledgeBase:
+        """A copy of this knowledge base in another store (``"faiss"``, ``"milvus"`` or a
+        Milvus URI), with its manifest at ``path``. Vectors are copied, not re-embedded."""
         from filelock import FileLock
 
+        target = Path(path).expanduser().resolve()
+        config = parse_store(store)
+        copy = KnowledgeBase(self.embedder_name, self.index_type, self.index_params,
+                             self.chunking, None, self.strict, self.device, config)  # fmt: skip
+        copy.source = self.source
+        staging = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
         target.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(target) + ".lock"):
-            stamp = self._write(target)
-        if self.path is not None and target.resolve() == self.path.resolve():
-            self._loaded_stamp = stamp
-        return target
+            try:
+                staging.mkdir()
+                source = self.store
+                if config == self.store_config and hasattr(source, "copy_to"):
+                    source.copy_to(staging)  # the same backend: a byte copy, nothing retrained
+                    fresh = copy._open(staging)
+                else:
+                    fresh = copy._open(staging)
+                    info = source.info
+                    fresh.bind(self.embedder_name, info.get("fingerprint"), info["dimension"] or 0)
+                    copy_store(source, fresh, progress=True)
+                copy._write_manifest(staging)
+                fresh.close()
+                _fsync_dir(staging)
+                _swap_into_place(staging, target)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+        copy._open(target)
+        copy.path = target
+        return copy
+
+    def _detach(self) -> Path:
+        path = self.path
+        self.close()
+        assert path is not None
+        return path
+
+    def close(self) -> None:
+        """Release the store's files and connections."""
+        if self._store is not None:
+            self._store.close()
+            self._store = None
 
     def nbytes(self) -> int:
-        """Bytes this knowledge base takes as an artifact, measured without writing a copy."""
-        if self.path is not None and self._loaded_stamp is not None:
-            return artifact_size(self.path)
-        vectors = self.store.count() * (self.dimension or 0) * 4
-        return vectors * 2 + self.store.text_bytes()  # docstore copy + index + the texts
-
-    def _write(self, target: Path) -> str:
-        """Write an artifact at ``target``; returns its stamp (creation time + file table)."""
-        import faiss
-
-        index = self._ensure_index()
-        config = {
-            "embedder": self.embedder_name,
-            "index": self.index_type,
-            "index_params": self.index_params,
-            "chunking": self.chunking.model_dump(),
-            "source": self.source,
-            "strict": self.strict,
-        }
-        meta = {
-            "dimension": self.dimension,
-            "normalized": True,
-            "metric": "inner_product",
-            "index_type": self.resolved_index_type,
-            "chunks": self.store.count(),
-            "documents": self.store.document_count(),
-            "recall_at_10": self.recall_at_10,
-            "embedder_fingerprint": self.embedder_fingerprint,
-        }
-        with write_artifact(target, kind=KIND, config=config, meta=meta) as staging:
-            self.store.save(staging / "docstore.sqlite")
-            if index is not None:
-                faiss.write_index(index, str(staging / "index.faiss"))
-        manifest = read_manifest(target, verify=False)
-        return str(manifest.get("created", "")) + str(manifest["files"])
-
-    # ---- index --------------------------------------------------------------------------------
+        """Bytes the knowledge base takes on disk, everything counted."""
+        return int(self.store.stats().get("bytes", 0))
 
     @property
     def resolved_index_type(self) -> str:
-        if self.index_type != "auto":
-            return self.index_type
-        if self._index is not None:  # decided when the index was built; no count per query
-            return self._index_kind
-        return choose_index_type(self.store.count())
-
-    def _ensure_index(self) -> Any:
-        if self._index is not None:
-            return self._index
-        ids, vectors = self.store.all_vectors()
-        if len(ids) == 0:
-            return None
-        kind = self._index_kind = self.resolved_index_type
-        self.dimension = vectors.shape[1]
-        self._index = build_index(
-            kind, vectors, ids, {**self.index_params, "dimension": self.dimension}
-        )
-        self.recall_at_10 = 1.0 if kind == "flat" else measure_recall(self._index, vectors)
-        return self._index
+        return str(self.store.stats().get("index") or self.index_type)
 
     # ---- search -------------------------------------------------------------------------------
 
@@ -489,23 +592,24 @@ class KnowledgeBase:
             raise KnowledgeBaseError(f"k must be at least 1, got {k}.")
         if candidates is not None and candidates < k:
             raise KnowledgeBaseError(f"candidates must be at least k ({k}), got {candidates}.")
-        if self._ensure_index() is None:  # nothing indexed yet
-            return [[] for _ in queries]
-        allowed = self.store.ids_matching(filter) if filter else None
-        if allowed is not None and not allowed:
+        store = self.store
+        if store.count() == 0:  # nothing indexed yet
             return [[] for _ in queries]
         fusion = Fusion.of(hybrid) if hybrid is not False and hybrid is not None else None
         depth = (candidates or k * 4) if (fusion or rerank) else k
         if vectors is None:
             vectors = self.embedder.encode(queries, progress=False)
-        dense = self._dense(vectors, depth, allowed)
+        if fusion is None:
+            ranked_all = store.search(vectors, depth, filter)
+        else:
+            weights = (fusion.dense_weight, fusion.sparse_weight)
+            ranked_all = [
+                store.hybrid(query, vector, depth, filter, weights, fusion.rrf_k)
+                for query, vector in zip(queries, vectors, strict=True)
+            ]
         results = []
-        for query, ranked in zip(queries, dense, strict=True):
-            if fusion is not None:
-                sparse = self._sparse(query, depth, allowed)
-                weights = [fusion.dense_weight, fusion.sparse_weight]
-                ranked = fuse([ranked, sparse], weights, fusion.rrf_k)
-            rows = self.store.rows(i for i, _ in ranked)
+        for query, ranked in zip(queries, ranked_all, strict=True):
+            rows = store.rows(i for i, _ in ranked)
             hits = [
                 Hit(row[2], score, row[1], (row[3], row[4]), None, i, row[5])
                 for i, score in ranked
@@ -515,41 +619,6 @@ class KnowledgeBase:
                 hits = self._rerank(query, hits, rerank)
             results.append(hits[:k])
         return results
-
-    def _dense(
-        self, vectors: np.ndarray, k: int, allowed: list[int] | None
-    ) -> list[list[tuple[int, float]]]:
-
-        index = self._ensure_index()
-        if vectors.shape[1] != index.d:
-            raise KnowledgeBaseError(
-                f"Query vectors have {vectors.shape[1]} dimensions, the index {index.d}: the "
-                "embedder does not match this knowledge base."
-            )
-        k = min(k, index.ntotal if allowed is None else len(allowed))
-        scores, ids = search_index(index, vectors, k, allowed)
-        if self.resolved_index_type != "flat" and (ids < 0).any():
-            # an approximate index may find fewer than k (few probed lists, duplicate vectors):
-            # answer those queries exactly rather than return short lists
-            short = np.where((ids < 0).any(1))[0]
-            exact_scores, exact_ids = search_index(self._exact_index(), vectors[short], k, allowed)
-            scores[short], ids[short] = exact_scores, exact_ids
-        # tolist() converts in C; iterating numpy scalars costs more than the search at batch 1
-        return [
-            [(i, s) for i, s in zip(row_ids, row_scores, strict=True) if i >= 0]
-            for row_ids, row_scores in zip(ids.tolist(), scores.tolist(), strict=True)
-        ]
-
-    def _exact_index(self) -> Any:
-        if self._exact is None:
-            ids, vectors = self.store.all_vectors()
-            self._exact = build_index("flat", vectors, ids, {"dimension": self.dimension})
-        return self._exact
-
-    def _sparse(self, query: str, k: int, allowed: list[int] | None) -> list[tuple[int, float]]:
-        if self._bm25 is None:  # built on first hybrid query; dropped on every write
-            self._bm25 = BM25Ranker(*self.store.all_texts())
-        return self._bm25.top(query, k, allowed)
 
     def _rerank(self, query: str, hits: list[Hit], setting: tuple[Any, float]) -> list[Hit]:
         model, weight = setting
@@ -588,7 +657,8 @@ class KnowledgeBase:
             if not ids:
                 missing += 1
                 continue
-            first = self.store.fetch([min(ids)])[min(ids)]  # chunks are stored in text order
+            chunks = self.store.fetch(ids).values()
+            first = min(chunks, key=lambda c: (c["source"], c["span"][0]))
             out.append({"query": str(record[query_field]), "passage": first["text"]})
         if missing:
             warnings.warn(
@@ -598,20 +668,23 @@ class KnowledgeBase:
             )
         return out
 
+
     # ---- information --------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
+        store = self.store.stats()
         return {
             "documents": self.store.document_count(),
             "chunks": self.store.count(),
             "embedder": self.embedder_name,
             "dimension": self.dimension,
-            "index": self.resolved_index_type,
-            "recall_at_10": self.recall_at_10,
+            "index": store.get("index"),
+            "recall_at_10": store.get("recall_at_10"),
+            "store": self.store_config,
             "source": self.source,
             "path": str(self.path) if self.path else None,
             "exact_below": EXACT_BELOW,
-        }
+        } | {k: v for k, v in store.items() if k not in ("index", "recall_at_10", "store")}
 
     def __len__(self) -> int:
         return self.store.count()
@@ -630,3 +703,18 @@ def _distinct(hits: list[Hit], key: str) -> list[Hit]:
             seen.add(value)
             out.append(hit)
     return out
+
+
+def _close_and_remove(store: VectorStore, root: Path) -> None:
+    store.close()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _drop_collection(config: dict[str, Any]) -> None:
+    from pymilvus import MilvusClient
+
+    client = MilvusClient(config["uri"], token=config.get("token") or "")
+    for name in (config["collection"], f"{config['collection']}_documents"):
+        if client.has_collection(name):
+            client.drop_collection(name)
+    client.close()

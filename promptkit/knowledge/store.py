@@ -1,152 +1,186 @@
-"""The docstore: documents, chunks, metadata and embeddings in SQLite.
+"""The FAISS store's docstore: documents, chunks and metadata in an SQLite file on disk.
 
-Embeddings are stored with their chunk, keyed by the chunk text's hash, so re-indexing reuses
-every vector whose text did not change and the FAISS index can always be rebuilt from here.
+Vectors are not here: each chunk names its row in the store's vector file. SQLite is the commit
+point of the FAISS store: a write is committed when its transaction is, and everything on disk
+past the committed row count is a leftover of an interrupted write.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from promptkit.errors import KnowledgeBaseError
+from promptkit.knowledge.stores.base import DocumentRecord, Row, StoredChunk, check_filter
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS documents (
     source TEXT PRIMARY KEY, content_hash TEXT NOT NULL, metadata TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS chunks (
     id INTEGER PRIMARY KEY, source TEXT NOT NULL, text TEXT NOT NULL, start INTEGER NOT NULL,
-    end INTEGER NOT NULL, text_hash TEXT NOT NULL, metadata TEXT NOT NULL,
-    embedding BLOB NOT NULL);
+    end INTEGER NOT NULL, text_hash TEXT NOT NULL, metadata TEXT NOT NULL, row INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS chunks_source ON chunks(source);
 CREATE INDEX IF NOT EXISTS chunks_hash ON chunks(text_hash);
+CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS segments (
+    generation INTEGER NOT NULL, start INTEGER NOT NULL, end INTEGER NOT NULL,
+    sha256 TEXT NOT NULL, PRIMARY KEY (generation, start));
 """
 ROW_CACHE_LIMIT = 100_000
-Row = tuple[int, str, str, int, int, str]
-OPERATORS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<=", "ne": "!="}
+BATCH = 500  # SQLite's bound-parameter limit is far above this; larger IN lists gain nothing
 
 
-def text_hash(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+def _batches(values: list[Any]) -> Iterator[list[Any]]:
+    for start in range(0, len(values), BATCH):
+        yield values[start : start + BATCH]
 
 
 class DocStore:
-    """An in-memory SQLite database, loaded from and saved to a file by backup."""
+    """Documents and chunks in ``path`` (SQLite, write-ahead log)."""
 
-    def __init__(self, path: Path | None = None) -> None:
-        self.conn = sqlite3.connect(":memory:")
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=FULL")
+            self.conn.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise KnowledgeBaseError(
+                f"{path} is not a valid docstore ({exc}). Rebuild the knowledge base."
+            ) from exc
         self._rows: dict[int, Row] = {}
-        if path is not None:
-            try:
-                source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-                source.backup(self.conn)
-                source.close()
-                self.conn.execute("SELECT count(*) FROM chunks").fetchone()
-            except sqlite3.DatabaseError as exc:
-                raise KnowledgeBaseError(
-                    f"{path} is not a valid docstore ({exc}). Rebuild the knowledge base."
-                ) from exc
-        self.conn.executescript(SCHEMA)
 
-    def save(self, path: Path) -> None:
-        self.conn.commit()  # a backup waits forever on an open write transaction
-        target = sqlite3.connect(path)
-        self.conn.backup(target)
-        target.close()
+    def close(self) -> None:
+        self.conn.close()
+
+    def transaction(self) -> Any:
+        """``with docs.transaction():`` — one atomic commit (rolled back on error)."""
+        return _Transaction(self)
+
+    # ---- state --------------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        return {k: json.loads(v) for k, v in self.conn.execute("SELECT key, value FROM state")}
+
+    def set_state(self, **values: Any) -> None:
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO state VALUES (?, ?)",
+            [(k, json.dumps(v)) for k, v in values.items()],
+        )
+
+    def add_segment(self, generation: int, start: int, end: int, sha256: str) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO segments VALUES (?, ?, ?, ?)", (generation, start, end, sha256)
+        )
+
+    def segments(self, generation: int) -> list[tuple[int, int, str]]:
+        return list(
+            self.conn.execute(
+                "SELECT start, end, sha256 FROM segments WHERE generation = ? ORDER BY start",
+                (generation,),
+            )
+        )
+
+    def drop_segments(self, keep_generation: int) -> None:
+        self.conn.execute("DELETE FROM segments WHERE generation != ?", (keep_generation,))
 
     # ---- documents ----------------------------------------------------------------------------
 
-    def document_hashes(self) -> dict[str, str]:
-        return dict(self.conn.execute("SELECT source, content_hash FROM documents"))
+    def documents(self) -> list[DocumentRecord]:
+        return [
+            DocumentRecord(s, h, json.loads(m))
+            for s, h, m in self.conn.execute("SELECT source, content_hash, metadata FROM documents")
+        ]
 
-    def put_document(self, source: str, content_hash: str, metadata: dict[str, Any]) -> None:
-        self.conn.execute(
+    def put_documents(self, documents: Iterable[DocumentRecord]) -> None:
+        self.conn.executemany(
             "INSERT OR REPLACE INTO documents VALUES (?, ?, ?)",
-            (source, content_hash, json.dumps(metadata, default=str)),
+            [(d.source, d.content_hash, json.dumps(d.metadata, default=str)) for d in documents],
         )
-
-    def delete_sources(self, sources: Iterable[str]) -> int:
-        self._rows.clear()
-        removed = 0
-        for source in sources:
-            removed += self.conn.execute("DELETE FROM chunks WHERE source = ?", (source,)).rowcount
-            self.conn.execute("DELETE FROM documents WHERE source = ?", (source,))
-        return removed
-
-    # ---- chunks -------------------------------------------------------------------------------
-
-    def cached_embeddings(self, hashes: Iterable[str]) -> dict[str, np.ndarray]:
-        found: dict[str, np.ndarray] = {}
-        unique = list(set(hashes))
-        for start in range(0, len(unique), 500):
-            part = unique[start : start + 500]
-            marks = ",".join("?" * len(part))
-            for digest, blob in self.conn.execute(
-                f"SELECT text_hash, embedding FROM chunks WHERE text_hash IN ({marks})", part
-            ):
-                found[digest] = np.frombuffer(blob, dtype=np.float32)
-        return found
-
-    def next_id(self) -> int:
-        value = self.conn.execute("SELECT max(id) FROM chunks").fetchone()[0]
-        return (value or 0) + 1
-
-    def add_chunks(
-        self, rows: list[tuple[int, str, str, int, int, str, dict[str, Any], np.ndarray]]
-    ) -> None:
-        self._rows.clear()
-        self.conn.executemany(
-            "INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (i, s, t, a, b, h, json.dumps(m, default=str), v.astype(np.float32).tobytes())
-                for i, s, t, a, b, h, m, v in rows
-            ],
-        )
-
-    def replace_embeddings(self, ids: list[int], vectors: np.ndarray) -> None:
-        """Overwrite the vectors of chunks ``ids`` (re-embedding with another model)."""
-        self.conn.executemany(
-            "UPDATE chunks SET embedding = ? WHERE id = ?",
-            [(v.astype(np.float32).tobytes(), int(i)) for i, v in zip(ids, vectors, strict=True)],
-        )
-
-    def count(self) -> int:
-        return int(self.conn.execute("SELECT count(*) FROM chunks").fetchone()[0])
-
-    def text_bytes(self) -> int:
-        """Bytes of chunk text and metadata (a size estimate that reads no vectors)."""
-        row = self.conn.execute(
-            "SELECT SUM(LENGTH(text) + LENGTH(metadata)) FROM chunks"
-        ).fetchone()
-        return int(row[0] or 0)
 
     def document_count(self) -> int:
         return int(self.conn.execute("SELECT count(*) FROM documents").fetchone()[0])
 
-    def all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
-        rows = self.conn.execute("SELECT id, embedding FROM chunks ORDER BY id").fetchall()
-        if not rows:
-            return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
-        ids = np.array([r[0] for r in rows], dtype=np.int64)
-        vectors = np.vstack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
-        return ids, vectors
+    def delete_sources(self, sources: Iterable[str]) -> list[int]:
+        """Drop documents ``sources`` and their chunks; returns the ids of the chunks dropped."""
+        self._rows.clear()
+        removed: list[int] = []
+        for part in _batches(list(sources)):
+            marks = ",".join("?" * len(part))
+            removed += [
+                r[0] for r in self.conn.execute(f"SELECT id FROM chunks WHERE source IN ({marks})", part)
+            ]
+            self.conn.execute(f"DELETE FROM chunks WHERE source IN ({marks})", part)
+            self.conn.execute(f"DELETE FROM documents WHERE source IN ({marks})", part)
+        return removed
 
-    def all_texts(self) -> tuple[list[int], list[str]]:
+    # ---- chunks -------------------------------------------------------------------------------
+
+    def put_chunks(self, chunks: list[StoredChunk], rows: Iterable[int]) -> None:
+        self._rows.clear()
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (c.id, c.source, c.text, c.start, c.end, c.text_hash,
+                 json.dumps(c.metadata, default=str), int(row))
+                for c, row in zip(chunks, rows, strict=True)
+            ],
+        )
+
+    def delete_ids(self, ids: Iterable[int]) -> list[int]:
+        self._rows.clear()
+        removed: list[int] = []
+        for part in _batches([int(i) for i in ids]):
+            marks = ",".join("?" * len(part))
+            removed += [
+                r[0] for r in self.conn.execute(f"SELECT id FROM chunks WHERE id IN ({marks})", part)
+            ]
+            self.conn.execute(f"DELETE FROM chunks WHERE id IN ({marks})", part)
+        return removed
+
+    def rows_of(self, ids: Iterable[int]) -> dict[int, int]:
+        """Vector-file row of each chunk id that exists."""
+        out: dict[int, int] = {}
+        for part in _batches([int(i) for i in ids]):
+            marks = ",".join("?" * len(part))
+            out.update(self.conn.execute(f"SELECT id, row FROM chunks WHERE id IN ({marks})", part))
+        return out
+
+    def rows_by_hash(self, hashes: Iterable[str]) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for part in _batches(list(set(hashes))):
+            marks = ",".join("?" * len(part))
+            out.update(
+                self.conn.execute(
+                    f"SELECT text_hash, row FROM chunks WHERE text_hash IN ({marks})", part
+                )
+            )
+        return out
+
+    def live_rows(self) -> Iterator[tuple[int, int]]:
+        """(row, id) of every chunk, by row."""
+        return iter(self.conn.execute("SELECT row, id FROM chunks ORDER BY row"))
+
+    def count(self) -> int:
+        return int(self.conn.execute("SELECT count(*) FROM chunks").fetchone()[0])
+
+    def iter_chunks(self, batch: int) -> Iterator[list[StoredChunk]]:
+        cursor = self.conn.execute(
+            "SELECT id, source, text, start, end, text_hash, metadata FROM chunks ORDER BY id"
+        )
+        while part := cursor.fetchmany(batch):
+            yield [StoredChunk(i, s, t, a, b, h, json.loads(m)) for i, s, t, a, b, h, m in part]
+
+    def texts(self) -> tuple[list[int], list[str]]:
         rows = self.conn.execute("SELECT id, text FROM chunks ORDER BY id").fetchall()
         return [r[0] for r in rows], [r[1] for r in rows]
 
     def rows(self, ids: Iterable[int]) -> dict[int, Row]:
-        """Raw chunk rows ``(id, source, text, start, end, metadata_json)`` by id.
-
-        Rows are kept in a bounded in-process cache (cleared on every write), so hot chunks cost
-        a dictionary lookup instead of a SQL round trip; metadata is parsed only when read.
-        """
+        """Raw chunk rows by id, through a bounded cache (cleared on every write)."""
         out: dict[int, Row] = {}
         missing = []
         cache = self._rows
@@ -156,69 +190,46 @@ class DocStore:
                 missing.append(int(chunk_id))
             else:
                 out[row[0]] = row
-        if not missing:
-            return out
-        for start in range(0, len(missing), 500):
-            part = missing[start : start + 500]
+        for part in _batches(missing):
             marks = ",".join("?" * len(part))
             for row in self.conn.execute(
                 f"SELECT id, source, text, start, end, metadata FROM chunks WHERE id IN ({marks})",
                 part,
             ):
                 out[row[0]] = row
-                if len(self._rows) < ROW_CACHE_LIMIT:
-                    self._rows[row[0]] = row
+                if len(cache) < ROW_CACHE_LIMIT:
+                    cache[row[0]] = row
         return out
 
-    def fetch(self, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
-        """Chunks by id as dicts with parsed metadata."""
-        return {
-            cid: {
-                "id": cid,
-                "source": source,
-                "text": text,
-                "span": (a, b),
-                "metadata": json.loads(meta),
-            }
-            for cid, (_, source, text, a, b, meta) in self.rows(ids).items()
-        }
-
     def ids_matching(self, where: dict[str, Any]) -> list[int]:
-        """Chunk ids whose metadata match every condition (SQL, before any vector search).
-
-        ``{"key": value}`` equality, ``{"key": [a, b]}`` membership,
-        ``{"key": {"gte": 1, "lt": 5}}`` ranges; ``source`` filters on the document path.
-        """
+        """Chunk ids whose metadata match every condition (SQL, before any vector search)."""
         clauses, args = [], []
-        for key, condition in where.items():
-            if not isinstance(key, str) or not key.replace("_", "").replace("-", "").isalnum():
-                raise KnowledgeBaseError(f"Filter key {key!r} must be a plain field name.")
+        for key, op, value in check_filter(where):
             column = "source" if key == "source" else f"json_extract(metadata, '$.{key}')"
-            if isinstance(condition, dict):
-                for op, value in condition.items():
-                    if op not in OPERATORS:
-                        raise KnowledgeBaseError(
-                            f"Filter operator {op!r} on {key!r} is not one of {sorted(OPERATORS)}."
-                        )
-                    clauses.append(f"{column} {OPERATORS[op]} ?")
-                    args.append(value)
-            elif isinstance(condition, (list, tuple, set)):
-                values = list(condition)
-                clauses.append(f"{column} IN ({','.join('?' * len(values))})" if values else "0")
-                args += values
+            if op == "in":
+                clauses.append(f"{column} IN ({','.join('?' * len(value))})" if value else "0")
+                args += value
             else:
-                clauses.append(f"{column} = ?")
-                args.append(condition)
+                clauses.append(f"{column} {op} ?")
+                args.append(value)
         sql = "SELECT id FROM chunks" + (f" WHERE {' AND '.join(clauses)}" if clauses else "")
         return [r[0] for r in self.conn.execute(sql, args)]
 
-    def delete_ids(self, ids: Iterable[int]) -> int:
-        self._rows.clear()
-        wanted = [int(i) for i in ids]
-        removed = 0
-        for start in range(0, len(wanted), 500):
-            part = wanted[start : start + 500]
-            removed += self.conn.execute(
-                f"DELETE FROM chunks WHERE id IN ({','.join('?' * len(part))})", part
-            ).rowcount
-        return removed
+    def backup(self, target: Path) -> None:
+        """A consistent copy of the committed database at ``target``."""
+        copy = sqlite3.connect(target)
+        self.conn.backup(copy)
+        copy.close()
+
+
+class _Transaction:
+    def __init__(self, docs: DocStore) -> None:
+        self.docs = docs
+
+    def __enter__(self) -> DocStore:
+        self.docs.conn.execute("BEGIN IMMEDIATE")
+        return self.docs
+
+    def __exit__(self, kind: Any, value: Any, traceback: Any) -> None:
+        self.docs._rows.clear()
+        self.docs.conn.execute("COMMIT" if kind is None else "ROLLBACK")

@@ -36,8 +36,8 @@ def tune_fusion(
     """
     wanted = [{*r} if isinstance(r, (set, list, tuple)) else {r} for r in relevant]
     vectors = kb.embedder.encode(list(queries), progress=False)
-    dense = kb._dense(vectors, depth, None)
-    sparse = [kb._sparse(q, depth, None) for q in queries]
+    dense = kb.store.search(vectors, depth)
+    sparse = [kb.store.search_text(q, depth) for q in queries]
     ids = {i for ranking in dense + sparse for i, _ in ranking}
     rows = kb.store.rows(ids)
     value = {
