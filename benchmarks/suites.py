@@ -45,9 +45,11 @@ def search(smoke: bool) -> dict[str, Any]:
     questions = [q["question"] for q in _faq_questions()]
     questions = questions[:8] if smoke else questions[:128]
     vectors = kb.embedder.encode(questions, progress=False)
-    index = kb._ensure_index()
+    ids, stored = kb.store.all_vectors()
+    index = faiss.IndexIDMap2(faiss.IndexFlatIP(stored.shape[1]))  # what the store searches
+    index.add_with_ids(stored, ids)
     with tempfile.TemporaryDirectory() as tmp:
-        kb.store.save(Path(tmp) / "docstore.sqlite")
+        kb.store.docs.backup(Path(tmp) / "docstore.sqlite")
         conn = sqlite3.connect(Path(tmp) / "docstore.sqlite")
 
         def raw(batch: np.ndarray) -> None:
@@ -355,64 +357,13 @@ def evaluator(smoke: bool) -> dict[str, Any]:
 # ---- 6. scale ---------------------------------------------------------------------------------
 
 def scale(smoke: bool) -> dict[str, Any]:
-    import faiss
+    """A 1M-chunk knowledge base on disk, 1% updates, milvus-lite and a real-text corpus
+    (benchmarks/kb_scale.py)."""
+    from kb_scale import run
 
-    from promptkit.knowledge.index import build_index
-
-    n, dim = (20_000 if smoke else 1_000_000), 384
-    rng = np.random.default_rng(0)
-    # sentence embeddings have low intrinsic dimension: a 32-dim latent space projected to 384
-    # dims plus a little noise gives neighbours that are meaningfully nearer than the rest
-    # (isotropic noise in 384 dims would make every point nearly equidistant)
-    latent = rng.normal(size=(n, 32)).astype(np.float32)
-    projection = rng.normal(size=(32, dim)).astype(np.float32)
-    vectors = latent @ projection + 0.5 * rng.normal(size=(n, dim)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    ids = np.arange(n, dtype=np.int64)
-    queries = vectors[rng.choice(n, 1000, replace=False)]
-    exact = faiss.IndexFlatIP(dim)
-    exact.add(vectors)
-    _, truth = exact.search(queries[:200], 10)  # ids equal positions here
-    del exact
-
-    def recall(index: Any) -> float:
-        _, found = index.search(queries[:200], 10)
-        return sum(len(set(t) & set(f)) for t, f in zip(truth, found, strict=True)) / 2000
-
-    base = {"nlist": 64 if smoke else 1024, "m": 48, "bits": 8}
-    variants: dict[str, Any] = {}
-    for label, params in (("ivf_pq", base), ("ivf_pq + refine sq8", base | {"refine": "sq8"})):
-        start = time.perf_counter()
-        index = build_index("ivf_pq", vectors, ids, params)
-        build_s = time.perf_counter() - start
-        inner = faiss.downcast_index(index.index)
-        refined = isinstance(inner, faiss.IndexRefine)
-        ivf = faiss.downcast_index(inner.base_index) if refined else inner
-        with tempfile.NamedTemporaryFile() as handle:
-            faiss.write_index(index, handle.name)
-            size = Path(handle.name).stat().st_size
-        sweep = {}
-        for nprobe in (16, 64, ivf.nprobe):
-            ivf.nprobe = nprobe
-            searched = timed(lambda i=index: i.search(queries, 10), 3)
-            sweep[nprobe] = {"recall_at_10": recall(index),
-                             "queries_per_second": len(queries) / searched["median"]}
-        default = sweep[ivf.nprobe]
-        if refined:  # four times the PQ candidates for the sq8 reordering
-            inner.k_factor = 16
-            searched = timed(lambda i=index: i.search(queries, 10), 3)
-            sweep[f"{ivf.nprobe}, k_factor 16"] = {
-                "recall_at_10": recall(index),
-                "queries_per_second": len(queries) / searched["median"]}
-        variants[label] = {"params": params, "build_s": build_s, "index_bytes": size,
-                           "bytes_per_vector": size / n,
-                           "projected_gb_for_100M": size / n * 100_000_000 / 1e9,
-                           "default_nprobe": ivf.nprobe, "nprobe_sweep": sweep,
-                           "recall_at_10_vs_exact": default["recall_at_10"],
-                           "queries_per_second": default["queries_per_second"]}
-        del index
-    return {"vectors": n, "dimension": dim, "raw_float32_bytes_per_vector": dim * 4,
-            "query_batch": len(queries), "variants": variants}
+    with tempfile.TemporaryDirectory() as tmp:
+        return run(20_000 if smoke else 1_000_000, 2_000 if smoke else 50_000,
+                   Path(tmp) / "work", smoke)
 
 
 # ---- 7. quality -------------------------------------------------------------------------------
@@ -462,7 +413,7 @@ def _retrieval_quality(smoke: bool) -> dict[str, Any]:
         return run
 
     def bm25(query: str) -> list[str]:
-        ranked = [i for i, _ in kb._sparse(query, 10, None)]
+        ranked = [i for i, _ in kb.store.search_text(query, 10)]
         chunks = kb.store.fetch(ranked)
         return [chunks[i]["metadata"].get("heading") for i in ranked]  # keep the rank order
 

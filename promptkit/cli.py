@@ -200,10 +200,20 @@ def kb_build(
     folder: Annotated[Path, typer.Argument(help="Folder of documents.")],
     out: Annotated[Path, typer.Option(help="Knowledge base directory to write.")],
     embedder: Annotated[str, typer.Option(help="Embedding model alias/id/path.")] = "minilm",
-    index: Annotated[str, typer.Option(help="flat, hnsw, ivf_flat, ivf_pq or auto.")] = "auto",
+    index: Annotated[
+        str, typer.Option(help="flat, hnsw, hnsw_sq8, ivf_flat, ivf_sq8, ivf_pq or auto.")
+    ] = "auto",
     max_tokens: Annotated[int, typer.Option(help="Chunk size in tokens.")] = 256,
     overlap: Annotated[int, typer.Option(help="Chunk overlap in tokens.")] = 32,
     strict: Annotated[bool, typer.Option(help="Fail on unreadable files.")] = False,
+    store: Annotated[
+        str, typer.Option(help="faiss, milvus (a local milvus-lite file) or milvus://host:port.")
+    ] = "faiss",
+    workers: Annotated[int, typer.Option(help="Processes that embed (or Ray workers).")] = 1,
+    engine: Annotated[str, typer.Option(help="local, or ray (a Ray cluster embeds).")] = "local",
+    ray_address: Annotated[
+        str | None, typer.Option(help="An existing Ray cluster (default: start a local one).")
+    ] = None,
 ) -> None:
     """Index a folder into a knowledge base directory."""
     from promptkit.knowledge import KnowledgeBase
@@ -215,8 +225,40 @@ def kb_build(
         strict=strict,
         chunking={"max_tokens": max_tokens, "overlap": overlap},
         path=out,
+        store=store,
+        workers=workers,
+        engine=engine,
+        ray_address=ray_address,
     )
     echo(json.dumps(kb.stats(), indent=2, default=str))
+
+
+@kb_app.command("migrate")
+def kb_migrate(
+    directory: Annotated[Path, typer.Argument(help="Knowledge base directory to copy.")],
+    to: Annotated[str, typer.Option(help="faiss, milvus, or milvus://host:19530/collection.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Directory for the copy (default: DIRECTORY-<backend>).")
+    ] = None,
+) -> None:
+    """Copy a knowledge base to another store: chunks, metadata and vectors, nothing re-embedded."""
+    from promptkit.knowledge import KnowledgeBase
+    from promptkit.knowledge.stores import parse_store
+
+    target = out or directory.with_name(f"{directory.name}-{parse_store(to)['backend']}")
+    copy = KnowledgeBase.load(directory).migrate(to, target)
+    echo(json.dumps(copy.stats(), indent=2, default=str))
+    echo(f"knowledge base copied to {target}")
+
+
+@kb_app.command("optimize")
+def kb_optimize(
+    directory: Annotated[Path, typer.Argument(help="Knowledge base directory.")],
+) -> None:
+    """Retrain the index on the current vectors and compact deleted chunks away."""
+    from promptkit.knowledge import KnowledgeBase
+
+    echo(json.dumps(KnowledgeBase.load(directory).optimize().stats(), indent=2, default=str))
 
 
 @kb_app.command("update")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import promptkit as pk
-from promptkit.errors import ArtifactError, KnowledgeBaseError
+from promptkit.errors import KnowledgeBaseError
 from promptkit.knowledge import ChunkingConfig, chunk_text, scan_folder
 
 

@@ -41,8 +41,17 @@ def _chunks(texts, source="doc.md", **meta):
     out = []
     for i, text in enumerate(texts):
         digest = text_hash(text)
-        out.append(StoredChunk(chunk_id(source, i * 100, digest), source, text, i * 100,
-                               i * 100 + len(text), digest, {"n": i, **meta}))
+        out.append(
+            StoredChunk(
+                chunk_id(source, i * 100, digest),
+                source,
+                text,
+                i * 100,
+                i * 100 + len(text),
+                digest,
+                {"n": i, **meta},
+            )
+        )
     return out
 
 
@@ -73,13 +82,14 @@ def test_upsert_by_id_is_visible_to_the_next_search(filled):
     hits = store.search(vectors[3:4], 1)[0]
     assert hits[0][0] == chunks[3].id and hits[0][1] == pytest.approx(1.0, abs=1e-3)
     moved = _vectors(1, seed=9)
-    replaced = StoredChunk(chunks[3].id, "doc.md", "replaced text", 300, 313, text_hash("x"), {"n": 3})
+    replaced = StoredChunk(
+        chunks[3].id, "doc.md", "replaced text", 300, 313, text_hash("x"), {"n": 3}
+    )
     store.write([replaced], moved)
     assert store.count() == 40  # an upsert, not a second copy
     assert store.search(moved, 1)[0][0][0] == chunks[3].id
     assert store.rows([chunks[3].id])[chunks[3].id][2] == "replaced text"
-    assert all(hit[0] != chunks[3].id for hit in store.search(vectors[3:4], 3)[0]
-               if hit[1] > 0.999)
+    assert all(hit[0] != chunks[3].id for hit in store.search(vectors[3:4], 3)[0] if hit[1] > 0.999)
 
 
 def test_delete_by_ids_by_filter_and_by_source(filled):
@@ -97,10 +107,12 @@ def test_delete_by_ids_by_filter_and_by_source(filled):
 def test_prefilter_equality_membership_and_ranges(filled):
     store, chunks, vectors = filled
     by_id = {c.id: c for c in chunks}
-    cases = [({"parity": "even"}, lambda c: c.metadata["n"] % 2 == 0),
-             ({"n": [1, 2, 39]}, lambda c: c.metadata["n"] in (1, 2, 39)),
-             ({"n": {"gte": 10, "lt": 13}}, lambda c: 10 <= c.metadata["n"] < 13),
-             ({"source": "doc.md", "n": {"ne": 0}}, lambda c: c.metadata["n"] != 0)]
+    cases = [
+        ({"parity": "even"}, lambda c: c.metadata["n"] % 2 == 0),
+        ({"n": [1, 2, 39]}, lambda c: c.metadata["n"] in (1, 2, 39)),
+        ({"n": {"gte": 10, "lt": 13}}, lambda c: 10 <= c.metadata["n"] < 13),
+        ({"source": "doc.md", "n": {"ne": 0}}, lambda c: c.metadata["n"] != 0),
+    ]
     for where, keep in cases:
         expected = {c.id for c in chunks if keep(c)}
         assert set(store.ids_matching(where)) == expected, where
@@ -130,19 +142,23 @@ def test_persistence_and_reopen(backend, tmp_path, filled):
         assert again.count() == 40
         assert again.info == {"embedder": "test-embedder", "fingerprint": "abc", "dimension": DIM}
         assert [[i for i, _ in h] for h in again.search(vectors[:5], 3)] == [
-            [i for i, _ in h] for h in before]
+            [i for i, _ in h] for h in before
+        ]
         assert [(d.source, d.content_hash) for d in again.documents()] == [
-            (d.source, d.content_hash) for d in docs]
-        assert again.cached_embeddings([chunks[4].text_hash])[chunks[4].text_hash] == \
-            pytest.approx(vectors[4], abs=1e-5)
-        np.testing.assert_allclose(again.vectors([chunks[2].id, chunks[9].id]),
-                                   vectors[[2, 9]], atol=1e-5)
+            (d.source, d.content_hash) for d in docs
+        ]
+        assert again.cached_embeddings([chunks[4].text_hash])[chunks[4].text_hash] == pytest.approx(
+            vectors[4], abs=1e-5
+        )
+        np.testing.assert_allclose(
+            again.vectors([chunks[2].id, chunks[9].id]), vectors[[2, 9]], atol=1e-5
+        )
     finally:
         again.close()
 
 
 def test_dimension_and_embedder_mismatch_are_clear_errors(filled):
-    store, chunks, _ = filled
+    store, _, _ = filled
     with pytest.raises(KnowledgeBaseError, match="dimensions"):
         store.search(np.zeros((1, DIM + 1), np.float32), 3)
     with pytest.raises(KnowledgeBaseError, match="dimensions"):
@@ -152,7 +168,7 @@ def test_dimension_and_embedder_mismatch_are_clear_errors(filled):
 
 
 def test_filter_values_never_inject(filled):
-    store, chunks, vectors = filled
+    store, _, vectors = filled
     sneaky = ['odd" or id >= 0 or "', "odd' or 1 == 1 or '", 'odd\\" or true or \\"']
     for value in sneaky:
         assert store.ids_matching({"parity": value}) == []
@@ -167,7 +183,9 @@ def test_milvus_filter_expressions_escape_values():
     from promptkit.knowledge.stores.milvus_store import milvus_filter
 
     assert milvus_filter({"a": 'x" or true or "'}) == r'(metadata["a"] == "x\" or true or \"")'
-    assert milvus_filter({"n": {"gte": 2, "lt": 5}}) == '(metadata["n"] >= 2) and (metadata["n"] < 5)'
+    assert (
+        milvus_filter({"n": {"gte": 2, "lt": 5}}) == '(metadata["n"] >= 2) and (metadata["n"] < 5)'
+    )
     assert milvus_filter({"source": ["a.md", "b.md"]}) == '(source == "a.md" or source == "b.md")'
     with pytest.raises(KnowledgeBaseError, match="must be a string, number or boolean"):
         milvus_filter({"a": {"gte": [1]}})
@@ -206,7 +224,8 @@ def test_migrate_between_backends_keeps_chunks_and_vectors(tmp_path, tiny_bert):
     np.testing.assert_allclose(vectors, moved_vectors, atol=1e-6)
     query = vectors[4:5] + vectors[7:8]
     assert [h.id for h in moved.search_by_vector(query, k=5, filter={"topic": 1})[0]] == [
-        h.id for h in kb.search_by_vector(query, k=5, filter={"topic": 1})[0]]
+        h.id for h in kb.search_by_vector(query, k=5, filter={"topic": 1})[0]
+    ]
     moved.close()
     assert pk.KnowledgeBase.load(tmp_path / "moved").stats()["store"]["backend"] == "milvus"
 
@@ -239,12 +258,17 @@ KILLED_WRITER = textwrap.dedent("""
 
 
 def test_sigkill_during_add_leaves_a_searchable_consistent_store(backend, tmp_path, tiny_bert):
-    pk.KnowledgeBase.build([f"first batch {i}" for i in range(10)], embedder=tiny_bert,
-                           store=backend, path=tmp_path / "kb").close()
+    pk.KnowledgeBase.build(
+        [f"first batch {i}" for i in range(10)],
+        embedder=tiny_bert,
+        store=backend,
+        path=tmp_path / "kb",
+    ).close()
     script = tmp_path / "writer.py"
     script.write_text(KILLED_WRITER)
-    process = subprocess.Popen([sys.executable, str(script), str(tmp_path / "kb")],
-                               stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "kb")], stdout=subprocess.PIPE, text=True
+    )
     assert process.stdout.readline().strip() == "writing"
     process.kill()
     process.wait()

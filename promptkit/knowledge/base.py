@@ -25,10 +25,16 @@ import numpy as np
 from promptkit.artifacts import FORMAT_VERSION, _fsync_dir, _swap_into_place, read_manifest
 from promptkit.config import validate
 from promptkit.errors import KnowledgeBaseError
-from promptkit.knowledge.chunking import ChunkingConfig, chunk_text
+from promptkit.knowledge.chunking import ChunkingConfig
 from promptkit.knowledge.embedder import Embedder, get_embedder
 from promptkit.knowledge.index import EXACT_BELOW, index_types
 from promptkit.knowledge.loaders import Document, scan_folder
+from promptkit.knowledge.parallel import (
+    ENGINES,
+    chunk_documents,
+    embed_with_ray,
+    encode_with_workers,
+)
 from promptkit.knowledge.ranking import HOW_TO_TRAIN, CrossEncoderReranker, Fusion, Hit
 from promptkit.knowledge.stores import (
     DocumentRecord,
@@ -87,6 +93,7 @@ class KnowledgeBase:
         self._store: VectorStore | None = None
         self._embedder: Embedder | None = None
         self._reranker: CrossEncoderReranker | None = None
+        self.workers = 1  # processes that embed on this machine
 
     # ---- the store ----------------------------------------------------------------------------
 
@@ -139,6 +146,9 @@ class KnowledgeBase:
         device: str = "auto",
         store: str | dict[str, Any] | None = None,
         vectors: np.ndarray | None = None,
+        workers: int = 1,
+        engine: str = "local",
+        ray_address: str | None = None,
     ) -> KnowledgeBase:
         """Index a folder (or an iterable of records/strings). With ``path``, the knowledge base
         lives in that directory (built aside and moved into place when complete).
@@ -146,12 +156,21 @@ class KnowledgeBase:
         ``device`` is where the embedder runs ("auto": CUDA if present, else CPU). ``store`` is
         ``"faiss"`` (default), ``"milvus"`` or a Milvus URI (see :mod:`promptkit.knowledge.stores`).
         ``vectors`` gives the records' embeddings (one row per record, each record one chunk).
+        ``workers`` embeds with that many processes on this machine; ``engine="ray"`` chunks and
+        embeds on a Ray cluster (``ray_address``, else a local one with ``workers`` workers).
         """
+        if engine not in ENGINES:
+            raise KnowledgeBaseError(f"engine must be one of {list(ENGINES)}, got {engine!r}.")
+        if workers < 1:
+            raise KnowledgeBaseError(f"workers must be at least 1, got {workers}.")
         folder = source if isinstance(source, (str, Path)) else None
         kb = cls(embedder, index, index_params, chunking, folder, strict, device, store)
+        kb.workers = workers
 
         def fill() -> None:
-            if folder is not None:
+            if engine == "ray":
+                kb._fill_with_ray(source, max(workers, 2), ray_address)
+            elif folder is not None:
                 kb._sync_folder()
             else:
                 kb._add_records(source, vectors)  # type: ignore[arg-type]
@@ -240,8 +259,11 @@ class KnowledgeBase:
                 "strict": self.strict,
                 "store": self.store_config,
             },
-            "meta": {"store_format": STORE_FORMAT, "dimension": self.dimension,
-                     "embedder_fingerprint": self.embedder_fingerprint},  # fmt: skip
+            "meta": {
+                "store_format": STORE_FORMAT,
+                "dimension": self.dimension,
+                "embedder_fingerprint": self.embedder_fingerprint,
+            },
             "files": {},
         }
         temporary = root / f".manifest.{uuid.uuid4().hex[:8]}"
@@ -299,7 +321,9 @@ class KnowledgeBase:
                 config["collection"] = f"{config['collection']}_{uuid.uuid4().hex[:8]}"
             fresh = open_store(config, staging, self.index_type, self.index_params)
             fresh.bind(embedder, new.fingerprint, new.dimension)
-            copy_store(old, fresh, encode=lambda t: new.encode(t, progress=False), progress=progress)
+            copy_store(
+                old, fresh, encode=lambda t: new.encode(t, progress=False), progress=progress
+            )
             self.embedder_name, self._embedder = embedder, new
             previous, self.store_config = self.store_config, config
             self._store = fresh
@@ -316,6 +340,7 @@ class KnowledgeBase:
 
         self._transaction(change)
         return self
+
     # ---- writing ------------------------------------------------------------------------------
 
     def _ingest(
@@ -327,34 +352,35 @@ class KnowledgeBase:
         """Chunk and embed ``documents`` (reusing stored vectors), replacing ``replace`` sources;
         with ``vectors``, each document is one chunk with the given embedding."""
         self._bind()
-        pending = []
         if vectors is None:
-            embedder = self.embedder
-            limit = min(self.chunking.max_tokens, embedder.max_tokens)
-            config = self.chunking.model_copy(update={"max_tokens": limit})
-            for doc in documents:
-                for chunk in chunk_text(doc.text, embedder.count_tokens, config, doc.metadata):
-                    pending.append((doc.source, chunk.text, chunk.start, chunk.end, chunk.metadata))
-        else:
-            for doc in documents:
-                pending.append((doc.source, doc.text, 0, len(doc.text), dict(doc.metadata)))
-        hashes = [text_hash(text) for _, text, *_ in pending]
-        if vectors is None:
+            chunks = chunk_documents(documents, self.embedder, self.chunking)
+            hashes = [c.text_hash for c in chunks]
             cached = self.store.cached_embeddings(hashes)
-            missing = sorted({h: p[1] for h, p in zip(hashes, pending, strict=True)
-                              if h not in cached}.items())  # fmt: skip
-            fresh = self.embedder.encode([text for _, text in missing])
+            missing = sorted(
+                {c.text_hash: c.text for c in chunks if c.text_hash not in cached}.items()
+            )
+            fresh = encode_with_workers(self.embedder, [t for _, t in missing], self.workers)
             cached.update({h: v for (h, _), v in zip(missing, fresh, strict=True)})
-            matrix = np.stack([cached[h] for h in hashes]) if pending else None
+            matrix = np.stack([cached[h] for h in hashes]) if chunks else None
             embedded = len(missing)
         else:
-            matrix, embedded = np.asarray(vectors, dtype=np.float32), len(pending)
+            chunks = []
+            for doc in documents:
+                digest = text_hash(doc.text)
+                chunks.append(
+                    StoredChunk(
+                        chunk_id(doc.source, 0, digest),
+                        doc.source,
+                        doc.text,
+                        0,
+                        len(doc.text),
+                        digest,
+                        dict(doc.metadata),
+                    )
+                )
+            matrix, embedded = np.asarray(vectors, dtype=np.float32), len(chunks)
             norms = np.linalg.norm(matrix, axis=1, keepdims=True)
             matrix = matrix / np.maximum(norms, 1e-12)  # inner product is cosine similarity
-        chunks = [
-            StoredChunk(chunk_id(source, start, digest), source, text, start, end, digest, meta)
-            for (source, text, start, end, meta), digest in zip(pending, hashes, strict=True)
-        ]
         dim = self.store.info.get("dimension") or 1
         self.store.write(
             chunks,
@@ -362,7 +388,21 @@ class KnowledgeBase:
             [DocumentRecord(d.source, d.content_hash, d.metadata) for d in documents],
             replace,
         )
-        return embedded, len(pending) - embedded
+        return embedded, len(chunks) - embedded
+
+    def _fill_with_ray(self, source: Any, workers: int, address: str | None) -> None:
+        if isinstance(source, (str, Path)):
+            documents, _ = scan_folder(Path(source), strict=self.strict)
+        else:
+            documents = [_as_document(i, r) for i, r in enumerate(source)]
+        self._bind()
+        for chunks, vectors in embed_with_ray(
+            documents, self.embedder_name, self.chunking, workers, address
+        ):
+            self.store.write(chunks, vectors)
+        dim = self.store.info.get("dimension") or 1
+        records = [DocumentRecord(d.source, d.content_hash, d.metadata) for d in documents]
+        self.store.write([], np.zeros((0, dim), np.float32), records)
 
     def _sync_folder(self) -> UpdateStats:
         if self.source is None:
@@ -385,23 +425,14 @@ class KnowledgeBase:
         return stats
 
     def _add_records(self, records: Iterable[Any], vectors: np.ndarray | None = None) -> int:
-        documents = []
-        for number, record in enumerate(records):
-            if isinstance(record, str):
-                record = {"text": record}
-            if not isinstance(record, Mapping) or not isinstance(record.get("text"), str):
-                raise KnowledgeBaseError(
-                    f"Record {number} must be a string or a dict with a 'text' string."
-                )
-            meta = {k: v for k, v in record.items() if k not in ("text", "source")}
-            doc = Document(record["text"], "", meta)
-            doc.source = str(record.get("source") or f"record:{doc.content_hash[:16]}")
-            documents.append(doc)
+        documents = [_as_document(number, record) for number, record in enumerate(records)]
         if vectors is not None and len(vectors) != len(documents):
             raise KnowledgeBaseError(
                 f"{len(documents)} records but {len(vectors)} vectors: give one vector per record."
             )
-        embedded, _ = self._ingest(documents, replace=[d.source for d in documents], vectors=vectors)
+        embedded, _ = self._ingest(
+            documents, replace=[d.source for d in documents], vectors=vectors
+        )
         return embedded
 
     def _transaction(self, change: Any) -> Any:
@@ -464,8 +495,16 @@ class KnowledgeBase:
 
         target = Path(path).expanduser().resolve()
         config = parse_store(store)
-        copy = KnowledgeBase(self.embedder_name, self.index_type, self.index_params,
-                             self.chunking, None, self.strict, self.device, config)  # fmt: skip
+        copy = KnowledgeBase(
+            self.embedder_name,
+            self.index_type,
+            self.index_params,
+            self.chunking,
+            None,
+            self.strict,
+            self.device,
+            config,
+        )
         copy.source = self.source
         staging = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -593,8 +632,6 @@ class KnowledgeBase:
         if candidates is not None and candidates < k:
             raise KnowledgeBaseError(f"candidates must be at least k ({k}), got {candidates}.")
         store = self.store
-        if store.count() == 0:  # nothing indexed yet
-            return [[] for _ in queries]
         fusion = Fusion.of(hybrid) if hybrid is not False and hybrid is not None else None
         depth = (candidates or k * 4) if (fusion or rerank) else k
         if vectors is None:
@@ -668,7 +705,6 @@ class KnowledgeBase:
             )
         return out
 
-
     # ---- information --------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
@@ -703,6 +739,20 @@ def _distinct(hits: list[Hit], key: str) -> list[Hit]:
             seen.add(value)
             out.append(hit)
     return out
+
+
+def _as_document(number: int, record: Any) -> Document:
+    """A record (a string, or a dict with ``text``, optional ``source`` and metadata)."""
+    if isinstance(record, str):
+        record = {"text": record}
+    if not isinstance(record, Mapping) or not isinstance(record.get("text"), str):
+        raise KnowledgeBaseError(
+            f"Record {number} must be a string or a dict with a 'text' string."
+        )
+    meta = {k: v for k, v in record.items() if k not in ("text", "source")}
+    doc = Document(record["text"], "", meta)
+    doc.source = str(record.get("source") or f"record:{doc.content_hash[:16]}")
+    return doc
 
 
 def _close_and_remove(store: VectorStore, root: Path) -> None:

@@ -75,7 +75,10 @@ def _ivf_sq8(dim: int, n: int, params: dict[str, Any]) -> Any:
     faiss = _faiss()
     quantizer = faiss.IndexFlatIP(dim)
     index = faiss.IndexIVFScalarQuantizer(
-        quantizer, dim, _nlist(n, params), faiss.ScalarQuantizer.QT_8bit,
+        quantizer,
+        dim,
+        _nlist(n, params),
+        faiss.ScalarQuantizer.QT_8bit,
         faiss.METRIC_INNER_PRODUCT,
     )
     index.nprobe = int(params.get("nprobe", _nprobe(_nlist(n, params))))
@@ -122,7 +125,7 @@ def choose_index_type(n: int) -> str:
 
 
 def new_index(kind: str, dim: int, n: int, params: dict[str, Any]) -> Any:
-    """An empty index of ``kind`` sized for ``n`` vectors; types without native ids get an ID map."""
+    """An empty index of ``kind`` for ``n`` vectors; types without native ids get an ID map."""
     faiss = _faiss()
     index = index_types.get(kind)(dim, n, params)
     return index if isinstance(index, faiss.IndexIVF) else faiss.IndexIDMap2(index)
@@ -213,5 +216,7 @@ def measure_recall(index: Any, queries: np.ndarray, truth: np.ndarray, k: int = 
     if len(queries) == 0:
         return 1.0
     _, found = index.search(queries, k)
-    hits = sum(len(set(t[:k]) & set(f)) for t, f in zip(truth.tolist(), found.tolist(), strict=True))
+    hits = sum(
+        len(set(t[:k]) & set(f)) for t, f in zip(truth.tolist(), found.tolist(), strict=True)
+    )
     return hits / (len(queries) * min(k, truth.shape[1]))

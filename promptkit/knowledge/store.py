@@ -13,6 +13,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from promptkit.errors import KnowledgeBaseError
 from promptkit.knowledge.stores.base import DocumentRecord, Row, StoredChunk, check_filter
 
@@ -112,7 +114,8 @@ class DocStore:
         for part in _batches(list(sources)):
             marks = ",".join("?" * len(part))
             removed += [
-                r[0] for r in self.conn.execute(f"SELECT id FROM chunks WHERE source IN ({marks})", part)
+                r[0]
+                for r in self.conn.execute(f"SELECT id FROM chunks WHERE source IN ({marks})", part)
             ]
             self.conn.execute(f"DELETE FROM chunks WHERE source IN ({marks})", part)
             self.conn.execute(f"DELETE FROM documents WHERE source IN ({marks})", part)
@@ -125,8 +128,16 @@ class DocStore:
         self.conn.executemany(
             "INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [
-                (c.id, c.source, c.text, c.start, c.end, c.text_hash,
-                 json.dumps(c.metadata, default=str), int(row))
+                (
+                    c.id,
+                    c.source,
+                    c.text,
+                    c.start,
+                    c.end,
+                    c.text_hash,
+                    json.dumps(c.metadata, default=str),
+                    int(row),
+                )
                 for c, row in zip(chunks, rows, strict=True)
             ],
         )
@@ -137,7 +148,8 @@ class DocStore:
         for part in _batches([int(i) for i in ids]):
             marks = ",".join("?" * len(part))
             removed += [
-                r[0] for r in self.conn.execute(f"SELECT id FROM chunks WHERE id IN ({marks})", part)
+                r[0]
+                for r in self.conn.execute(f"SELECT id FROM chunks WHERE id IN ({marks})", part)
             ]
             self.conn.execute(f"DELETE FROM chunks WHERE id IN ({marks})", part)
         return removed
@@ -161,9 +173,10 @@ class DocStore:
             )
         return out
 
-    def live_rows(self) -> Iterator[tuple[int, int]]:
-        """(row, id) of every chunk, by row."""
-        return iter(self.conn.execute("SELECT row, id FROM chunks ORDER BY row"))
+    def live_rows(self) -> np.ndarray:
+        """The vector-file row of every chunk, ascending (no Python list of a million rows)."""
+        cursor = self.conn.execute("SELECT row FROM chunks")
+        return np.sort(np.fromiter((r for (r,) in cursor), dtype=np.int64, count=self.count()))
 
     def count(self) -> int:
         return int(self.conn.execute("SELECT count(*) FROM chunks").fetchone()[0])

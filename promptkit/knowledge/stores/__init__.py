@@ -78,7 +78,7 @@ def open_store(
     index_params: dict[str, Any] | None = None,
     verify: bool = False,
 ) -> VectorStore:
-    """Open (creating if needed) the store ``config`` describes, for a knowledge base at ``root``."""
+    """Open (creating if needed) the store ``config`` describes, for the knowledge base ``root``."""
     if config["backend"] == "faiss":
         from promptkit.knowledge.stores.faiss_store import FaissStore
 

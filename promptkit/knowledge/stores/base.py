@@ -57,6 +57,17 @@ class DocumentRecord:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+def unique_chunks(
+    chunks: list[StoredChunk], vectors: np.ndarray
+) -> tuple[list[StoredChunk], np.ndarray]:
+    """``chunks`` with one entry per id (the last one wins, as upserts in order would)."""
+    last = {c.id: i for i, c in enumerate(chunks)}
+    if len(last) == len(chunks):
+        return chunks, vectors
+    keep = sorted(last.values())
+    return [chunks[i] for i in keep], np.asarray(vectors)[keep]
+
+
 def check_filter(where: dict[str, Any]) -> list[tuple[str, str, Any]]:
     """``where`` as (field, operator, value) conditions: operator is ``=``, ``in`` or one of
     :data:`OPERATORS`' symbols. Raises on a field name that is not plain or an unknown operator."""
@@ -127,7 +138,10 @@ class VectorStore(ABC):
 
     @abstractmethod
     def delete(
-        self, ids: Iterable[int] = (), where: dict[str, Any] | None = None, sources: Iterable[str] = ()
+        self,
+        ids: Iterable[int] = (),
+        where: dict[str, Any] | None = None,
+        sources: Iterable[str] = (),
     ) -> int:
         """Remove chunks by id, by filter, and whole documents by source; returns chunks removed."""
 

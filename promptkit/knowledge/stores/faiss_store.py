@@ -39,7 +39,13 @@ from promptkit.knowledge.index import (
     train_index,
 )
 from promptkit.knowledge.store import DocStore
-from promptkit.knowledge.stores.base import DocumentRecord, Row, StoredChunk, VectorStore
+from promptkit.knowledge.stores.base import (
+    DocumentRecord,
+    Row,
+    StoredChunk,
+    VectorStore,
+    unique_chunks,
+)
 
 BLOCK = 65_536  # rows read at a time when streaming the vector file
 EXACT_FILTER_BELOW = 20_000  # a filter matching fewer chunks is searched exactly, from disk
@@ -75,9 +81,19 @@ class FaissStore(VectorStore):
         import faiss
 
         state = self.docs.state()
-        self.state = {"data": 0, "index": 0, "rows": 0, "main_rows": 0, "kind": None,
-                      "trained_rows": 0, "version": 0, "dimension": None, "embedder": None,
-                      "fingerprint": None, "recall_at_10": None} | state  # fmt: skip
+        self.state = {
+            "data": 0,
+            "index": 0,
+            "rows": 0,
+            "main_rows": 0,
+            "kind": None,
+            "trained_rows": 0,
+            "version": 0,
+            "dimension": None,
+            "embedder": None,
+            "fingerprint": None,
+            "recall_at_10": None,
+        } | state
         dim, rows = self.state["dimension"], self.state["rows"]
         for path, width in ((self._data_path("f32"), 4 * (dim or 0)), (self._data_path("ids"), 8)):
             size = path.stat().st_size if path.exists() else 0
@@ -99,7 +115,7 @@ class FaissStore(VectorStore):
                     "corrupted; rebuild the knowledge base or restore it from a copy."
                 ) from exc
         live = np.zeros(rows, dtype=bool)
-        live[np.array([r for r, _ in self.docs.live_rows()], dtype=np.int64)] = True
+        live[self.docs.live_rows()] = True
         self._live_count = int(live.sum())
         main_rows = self.state["main_rows"]
         ids = self._read_ids(0, rows)
@@ -141,10 +157,14 @@ class FaissStore(VectorStore):
                 )
 
     def _data_path(self, suffix: str, generation: int | None = None) -> Path:
-        return self.root / f"data.{self.state['data'] if generation is None else generation}.{suffix}"
+        return (
+            self.root / f"data.{self.state['data'] if generation is None else generation}.{suffix}"
+        )
 
     def _index_path(self, generation: int | None = None) -> Path:
-        return self.root / f"index.{self.state['index'] if generation is None else generation}.faiss"
+        return (
+            self.root / f"index.{self.state['index'] if generation is None else generation}.faiss"
+        )
 
     def _read_ids(self, start: int, end: int) -> np.ndarray:
         if end <= start:
@@ -159,8 +179,9 @@ class FaissStore(VectorStore):
         out = np.empty((len(rows), dim), dtype=np.float32)
         if not len(rows):
             return out
-        mapped = np.memmap(self._data_path("f32"), dtype=np.float32, mode="r",
-                           shape=(self.state["rows"], dim))  # fmt: skip
+        mapped = np.memmap(
+            self._data_path("f32"), dtype=np.float32, mode="r", shape=(self.state["rows"], dim)
+        )
         order = np.argsort(rows)
         out[order] = mapped[np.asarray(rows)[order]]
         del mapped
@@ -197,8 +218,10 @@ class FaissStore(VectorStore):
         row and the block's sha256. Not visible until the caller commits."""
         start = self.state["rows"]
         data = np.ascontiguousarray(vectors, dtype=np.float32).tobytes()
-        for suffix, width, payload in (("f32", vectors.shape[1] * 4, data),
-                                       ("ids", 8, ids.astype(np.int64).tobytes())):  # fmt: skip
+        for suffix, width, payload in (
+            ("f32", vectors.shape[1] * 4, data),
+            ("ids", 8, ids.astype(np.int64).tobytes()),
+        ):
             path = self._data_path(suffix)
             with open(path, "ab+") as handle:
                 handle.truncate(start * width)
@@ -214,7 +237,7 @@ class FaissStore(VectorStore):
         documents: Iterable[DocumentRecord] = (),
         replace_sources: Iterable[str] = (),
     ) -> None:
-        vectors = np.asarray(vectors, dtype=np.float32)
+        chunks, vectors = unique_chunks(chunks, np.asarray(vectors, dtype=np.float32))
         if chunks:
             self.check(dimension=vectors.shape[1])
         ids = np.array([c.id for c in chunks], dtype=np.int64)
@@ -256,7 +279,10 @@ class FaissStore(VectorStore):
         self._live_count -= len(ids)
 
     def delete(
-        self, ids: Iterable[int] = (), where: dict[str, Any] | None = None, sources: Iterable[str] = ()
+        self,
+        ids: Iterable[int] = (),
+        where: dict[str, Any] | None = None,
+        sources: Iterable[str] = (),
     ) -> int:
         wanted = [int(i) for i in ids] + (self.docs.ids_matching(where) if where else [])
         with self.docs.transaction() as docs:
@@ -273,8 +299,9 @@ class FaissStore(VectorStore):
             docs.conn.execute("DELETE FROM chunks")
             docs.conn.execute("DELETE FROM documents")
             docs.drop_segments(-1)
-            docs.set_state(rows=0, main_rows=0, trained_rows=0, kind=None,
-                           version=self.state["version"] + 1)  # fmt: skip
+            docs.set_state(
+                rows=0, main_rows=0, trained_rows=0, kind=None, version=self.state["version"] + 1
+            )
         self._load()
 
     # ---- the main index -----------------------------------------------------------------------
@@ -318,7 +345,7 @@ class FaissStore(VectorStore):
         from promptkit.artifacts import sha256_file
 
         kind = self._wanted_kind() if train else self.state["kind"]
-        live = np.array([r for r, _ in self.docs.live_rows()], dtype=np.int64)
+        live = self.docs.live_rows()
         data_gen, rows, remap = self.state["data"], self.state["rows"], None
         if train and len(live) < rows:  # compact away the rows nothing points at any more
             data_gen, rows = data_gen + 1, len(live)
@@ -328,10 +355,14 @@ class FaissStore(VectorStore):
         if kind != "flat" and len(live):
             with self._pointing(data_gen, rows):
                 if train or self.main is None:
-                    index, first = new_index(kind, self.state["dimension"], rows, self.index_params), 0
+                    index, first = (
+                        new_index(kind, self.state["dimension"], rows, self.index_params),
+                        0,
+                    )
                     if needs_training(index):
                         picked = np.random.default_rng(0).choice(
-                            live, size=min(len(live), self._sample_size(index)), replace=False)
+                            live, size=min(len(live), self._sample_size(index)), replace=False
+                        )
                         train_index(index, kind, self._read_rows(np.sort(picked)))
                         self.trainings += 1
                 else:
@@ -346,10 +377,16 @@ class FaissStore(VectorStore):
                 recall = self._measure(index, live)
             faiss.write_index(index, str(self._index_path(index_gen)))
             _fsync(self._index_path(index_gen))
-        update = {"data": data_gen, "index": index_gen, "rows": rows, "kind": kind,
-                  "main_rows": rows if index is not None else 0, "recall_at_10": recall,
-                  "version": self.state["version"] + 1,
-                  "index_sha256": sha256_file(self._index_path(index_gen)) if index else None}
+        update = {
+            "data": data_gen,
+            "index": index_gen,
+            "rows": rows,
+            "kind": kind,
+            "main_rows": rows if index is not None else 0,
+            "recall_at_10": recall,
+            "version": self.state["version"] + 1,
+            "index_sha256": sha256_file(self._index_path(index_gen)) if index else None,
+        }
         if train:
             update["trained_rows"] = len(live)
         with self.docs.transaction() as docs:
@@ -371,9 +408,10 @@ class FaissStore(VectorStore):
         ids = self._read_ids(0, self.state["rows"])
         pairs: list[tuple[int, int]] = []
         segments = []
-        with open(self._data_path("f32", generation), "wb") as vec, open(
-            self._data_path("ids", generation), "wb"
-        ) as idf:
+        with (
+            open(self._data_path("f32", generation), "wb") as vec,
+            open(self._data_path("ids", generation), "wb") as idf,
+        ):
             for start in range(0, len(live), BLOCK):
                 part = live[start : start + BLOCK]
                 payload = self._read_rows(part).tobytes()
@@ -436,8 +474,9 @@ class FaissStore(VectorStore):
         ids = np.concatenate([p[1] for p in parts], axis=1)
         out = []
         for row_ids, row_scores in zip(ids.tolist(), scores.tolist(), strict=True):
-            ranked = sorted(((s, i) for i, s in zip(row_ids, row_scores, strict=True) if i >= 0),
-                            reverse=True)  # fmt: skip
+            ranked = sorted(
+                ((s, i) for i, s in zip(row_ids, row_scores, strict=True) if i >= 0), reverse=True
+            )
             out.append([(i, s) for s, i in ranked[:k]])
         short = [q for q, hits in enumerate(out) if len(hits) < k]
         if short and allowed is None:  # an approximate index came back short: answer exactly
@@ -464,7 +503,7 @@ class FaissStore(VectorStore):
     ) -> list[list[tuple[int, float]]]:
         """Exact search over the live rows (or those of ``allowed``), read from disk in blocks."""
         if allowed is None:
-            rows = np.array([r for r, _ in self.docs.live_rows()], dtype=np.int64)
+            rows = self.docs.live_rows()
         else:
             rows = np.array(sorted(self.docs.rows_of(allowed).values()), dtype=np.int64)
         k = min(k, len(rows))
@@ -483,8 +522,9 @@ class FaissStore(VectorStore):
         out = []
         for row_rows, row_scores in zip(best_rows, best_scores, strict=True):
             order = np.argsort(-row_scores)
-            out.append([(int(ids[row_rows[o]]), float(row_scores[o])) for o in order
-                        if row_rows[o] >= 0])  # fmt: skip
+            out.append(
+                [(int(ids[row_rows[o]]), float(row_scores[o])) for o in order if row_rows[o] >= 0]
+            )
         return out
 
     def search_text(
@@ -535,10 +575,16 @@ class FaissStore(VectorStore):
 
     def stats(self) -> dict[str, Any]:
         files = [p for p in self.root.iterdir() if p.is_file()]
-        return {"store": self.name, "chunks": self._live_count, "index": self.state["kind"],
-                "recall_at_10": self.state["recall_at_10"], "main_rows": self.state["main_rows"],
-                "delta_rows": int(self.delta.ntotal), "masked": len(self.dead),
-                "bytes": sum(p.stat().st_size for p in files)}  # fmt: skip
+        return {
+            "store": self.name,
+            "chunks": self._live_count,
+            "index": self.state["kind"],
+            "recall_at_10": self.state["recall_at_10"],
+            "main_rows": self.state["main_rows"],
+            "delta_rows": int(self.delta.ntotal),
+            "masked": len(self.dead),
+            "bytes": sum(p.stat().st_size for p in files),
+        }
 
     def copy_to(self, target: Path) -> None:
         """A consistent copy of the committed store in the (new, empty) directory ``target``."""

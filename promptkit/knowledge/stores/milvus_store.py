@@ -14,11 +14,10 @@ row with what the store records about its vectors (embedder, fingerprint, dimens
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Iterable, Iterator
 from typing import Any
-
-import logging
 
 import numpy as np
 
@@ -28,6 +27,7 @@ from promptkit.knowledge.stores.base import (
     Row,
     StoredChunk,
     VectorStore,
+    unique_chunks,
     check_filter,
 )
 
@@ -124,7 +124,9 @@ class MilvusStore(VectorStore):
         params = self.client.prepare_index_params()
         params.add_index("unused", index_type="FLAT", metric_type="L2")
         self.client.create_collection(
-            self.documents_collection, schema=schema, index_params=params,
+            self.documents_collection,
+            schema=schema,
+            index_params=params,
             consistency_level="Strong",
         )
 
@@ -141,10 +143,14 @@ class MilvusStore(VectorStore):
         schema.add_field("end", DataType.INT64)
         schema.add_field("text_hash", DataType.VARCHAR, max_length=64)
         schema.add_field("metadata", DataType.JSON)
-        schema.add_function(Function(
-            name="bm25", function_type=FunctionType.BM25,
-            input_field_names=["text"], output_field_names=["sparse"],
-        ))  # fmt: skip
+        schema.add_function(
+            Function(
+                name="bm25",
+                function_type=FunctionType.BM25,
+                input_field_names=["text"],
+                output_field_names=["sparse"],
+            )
+        )
         params = self.client.prepare_index_params()
         params.add_index("vector", index_type="AUTOINDEX", metric_type="IP")
         params.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
@@ -154,9 +160,12 @@ class MilvusStore(VectorStore):
 
     @property
     def _ready(self) -> bool:
-        return self._info.get("dimension") is not None and self.client.has_collection(
-            self.collection
-        )
+        """Whether the chunks collection exists (asked of the server until it does)."""
+        if not getattr(self, "_exists", False):
+            self._exists = self._info.get("dimension") is not None and self.client.has_collection(
+                self.collection
+            )
+        return self._exists
 
     # ---- identity -----------------------------------------------------------------------------
 
@@ -170,9 +179,17 @@ class MilvusStore(VectorStore):
         if not self.client.has_collection(self.collection):
             self._create_chunks(dimension)
         self._info = {"embedder": embedder, "fingerprint": fingerprint, "dimension": dimension}
-        self.client.upsert(self.documents_collection, [
-            {"source": INFO_SOURCE, "content_hash": "", "metadata": self._info, "unused": [0.0, 0.0]}
-        ])  # fmt: skip
+        self.client.upsert(
+            self.documents_collection,
+            [
+                {
+                    "source": INFO_SOURCE,
+                    "content_hash": "",
+                    "metadata": self._info,
+                    "unused": [0.0, 0.0],
+                }
+            ],
+        )
 
     # ---- writes -------------------------------------------------------------------------------
 
@@ -185,6 +202,7 @@ class MilvusStore(VectorStore):
     ) -> None:
         replace = list(replace_sources)
         documents = list(documents)
+        chunks, vectors = unique_chunks(chunks, vectors)
         if chunks:
             self.check(dimension=int(np.asarray(vectors).shape[1]))
         if replace:
@@ -199,24 +217,40 @@ class MilvusStore(VectorStore):
                         f"A chunk of {chunk.source} is longer than Milvus' {MAX_TEXT}-byte text "
                         "field; use smaller chunks (chunking={'max_tokens': ...})."
                     )
-                rows.append({
-                    "id": int(chunk.id), "vector": vector.tolist(), "text": chunk.text,
-                    "source": chunk.source, "start": int(chunk.start), "end": int(chunk.end),
-                    "text_hash": chunk.text_hash, "metadata": chunk.metadata,
-                })  # fmt: skip
+                rows.append(
+                    {
+                        "id": int(chunk.id),
+                        "vector": vector.tolist(),
+                        "text": chunk.text,
+                        "source": chunk.source,
+                        "start": int(chunk.start),
+                        "end": int(chunk.end),
+                        "text_hash": chunk.text_hash,
+                        "metadata": chunk.metadata,
+                    }
+                )
             self.client.upsert(self.collection, rows)
         # documents last: a crash before this line leaves them unrecorded, so the next update
         # indexes them again (upserts by id) instead of trusting a half-written state
         for start in range(0, len(documents), QUERY_BATCH):
-            self.client.upsert(self.documents_collection, [
-                {"source": d.source, "content_hash": d.content_hash,
-                 "metadata": json.loads(json.dumps(d.metadata, default=str)),
-                 "unused": [0.0, 0.0]}
-                for d in documents[start : start + QUERY_BATCH]
-            ])  # fmt: skip
+            self.client.upsert(
+                self.documents_collection,
+                [
+                    {
+                        "source": d.source,
+                        "content_hash": d.content_hash,
+                        "metadata": json.loads(json.dumps(d.metadata, default=str)),
+                        "unused": [0.0, 0.0],
+                    }
+                    for d in documents[start : start + QUERY_BATCH]
+                ],
+            )
 
     def delete(
-        self, ids: Iterable[int] = (), where: dict[str, Any] | None = None, sources: Iterable[str] = ()
+        self,
+        ids: Iterable[int] = (),
+        where: dict[str, Any] | None = None,
+        sources: Iterable[str] = (),
     ) -> int:
         wanted = {int(i) for i in ids}
         if where:
@@ -238,6 +272,7 @@ class MilvusStore(VectorStore):
         return len(present)
 
     def clear(self) -> None:
+        self._exists = False
         if self.client.has_collection(self.collection):
             self.client.drop_collection(self.collection)
         self.client.delete(self.documents_collection, filter=f"source != {_literal(INFO_SOURCE)}")
@@ -252,9 +287,11 @@ class MilvusStore(VectorStore):
         if not self._ready:
             return out
         iterator = self.client.query_iterator(
-            self.collection, batch_size=QUERY_BATCH, filter=expression,
+            self.collection,
+            batch_size=QUERY_BATCH,
+            filter=expression,
             output_fields=[f for f in fields if f != "id"] or ["id"],
-        )  # fmt: skip
+        )
         while page := iterator.next():
             out.update({row["id"]: row for row in page})
         iterator.close()
@@ -268,9 +305,14 @@ class MilvusStore(VectorStore):
         if not self._ready:
             return [[] for _ in vectors]
         found = self.client.search(
-            self.collection, data=vectors.tolist(), anns_field="vector", limit=k,
-            filter=milvus_filter(where), search_params={"metric_type": "IP"}, output_fields=[],
-        )  # fmt: skip
+            self.collection,
+            data=vectors.tolist(),
+            anns_field="vector",
+            limit=k,
+            filter=milvus_filter(where),
+            search_params={"metric_type": "IP"},
+            output_fields=[],
+        )
         return [[(hit["id"], float(hit["distance"])) for hit in hits] for hits in found]
 
     def search_text(
@@ -279,9 +321,14 @@ class MilvusStore(VectorStore):
         if not self._ready or not query.strip():
             return []
         found = self.client.search(
-            self.collection, data=[query], anns_field="sparse", limit=k,
-            filter=milvus_filter(where), search_params={"metric_type": "BM25"}, output_fields=[],
-        )  # fmt: skip
+            self.collection,
+            data=[query],
+            anns_field="sparse",
+            limit=k,
+            filter=milvus_filter(where),
+            search_params={"metric_type": "BM25"},
+            output_fields=[],
+        )
         # the order is Milvus' BM25 ranking; milvus-lite reports the score negated
         return [(hit["id"], abs(float(hit["distance"]))) for hit in found[0]]
 
@@ -300,10 +347,15 @@ class MilvusStore(VectorStore):
 
         expression = milvus_filter(where)
         requests = [
-            AnnSearchRequest([np.asarray(vector, np.float32).tolist()], "vector",
-                             {"metric_type": "IP"}, k, expr=expression),
+            AnnSearchRequest(
+                [np.asarray(vector, np.float32).tolist()],
+                "vector",
+                {"metric_type": "IP"},
+                k,
+                expr=expression,
+            ),
             AnnSearchRequest([query], "sparse", {"metric_type": "BM25"}, k, expr=expression),
-        ]  # fmt: skip
+        ]
         found = self.client.hybrid_search(
             self.collection, requests, RRFRanker(int(rrf_k)), limit=k, output_fields=[]
         )
@@ -317,8 +369,14 @@ class MilvusStore(VectorStore):
         for start in range(0, len(wanted), QUERY_BATCH):
             part = wanted[start : start + QUERY_BATCH]
             for row in self.client.get(self.collection, ids=part, output_fields=FIELDS[1:]):
-                out[row["id"]] = (row["id"], row["source"], row["text"], row["start"],
-                                  row["end"], json.dumps(row["metadata"]))  # fmt: skip
+                out[row["id"]] = (
+                    row["id"],
+                    row["source"],
+                    row["text"],
+                    row["start"],
+                    row["end"],
+                    json.dumps(row["metadata"]),
+                )
         return out
 
     def ids_matching(self, where: dict[str, Any]) -> list[int]:
@@ -349,12 +407,24 @@ class MilvusStore(VectorStore):
         if not self._ready:
             return
         iterator = self.client.query_iterator(
-            self.collection, batch_size=min(batch, QUERY_BATCH), filter="",
+            self.collection,
+            batch_size=min(batch, QUERY_BATCH),
+            filter="",
             output_fields=FIELDS[1:],
-        )  # fmt: skip
+        )
         while page := iterator.next():
-            yield [StoredChunk(r["id"], r["source"], r["text"], r["start"], r["end"],
-                               r["text_hash"], r["metadata"]) for r in page]  # fmt: skip
+            yield [
+                StoredChunk(
+                    r["id"],
+                    r["source"],
+                    r["text"],
+                    r["start"],
+                    r["end"],
+                    r["text_hash"],
+                    r["metadata"],
+                )
+                for r in page
+            ]
         iterator.close()
 
     def count(self) -> int:
@@ -366,10 +436,11 @@ class MilvusStore(VectorStore):
     def documents(self) -> list[DocumentRecord]:
         out = []
         iterator = self.client.query_iterator(
-            self.documents_collection, batch_size=QUERY_BATCH,
+            self.documents_collection,
+            batch_size=QUERY_BATCH,
             filter=f"source != {_literal(INFO_SOURCE)}",
             output_fields=["content_hash", "metadata"],
-        )  # fmt: skip
+        )
         while page := iterator.next():
             out += [DocumentRecord(r["source"], r["content_hash"], r["metadata"]) for r in page]
         iterator.close()
@@ -380,10 +451,19 @@ class MilvusStore(VectorStore):
 
         size = None
         if self.local:  # milvus-lite keeps everything in this directory
-            size = sum(os.path.getsize(os.path.join(d, f))
-                       for d, _, files in os.walk(self.uri) for f in files)  # fmt: skip
-        return {"store": self.name, "chunks": self.count(), "index": "milvus AUTOINDEX",
-                "uri": self.uri, "collection": self.collection, "bytes": size}  # fmt: skip
+            size = sum(
+                os.path.getsize(os.path.join(d, f))
+                for d, _, files in os.walk(self.uri)
+                for f in files
+            )
+        return {
+            "store": self.name,
+            "chunks": self.count(),
+            "index": "milvus AUTOINDEX",
+            "uri": self.uri,
+            "collection": self.collection,
+            "bytes": size,
+        }
 
     def close(self) -> None:
         if getattr(self, "_closed", False):
