@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from run import machine  # noqa: E402
+from run import machine
 
-import promptkit as pk  # noqa: E402
-from promptkit.knowledge.stores import chunk_id, text_hash  # noqa: E402
+import promptkit as pk
+from promptkit.knowledge.stores import chunk_id, text_hash
 
 DIM = 384
 OUT = Path(__file__).parent / "results" / "kb_scale.json"
@@ -47,6 +47,22 @@ kb = pk.KnowledgeBase.load(sys.argv[1])
 opened = time.perf_counter() - start
 queries = np.load(sys.argv[2])
 truth = np.load(sys.argv[3])
+sweep = {}
+if len(sys.argv) > 4:  # choose the search effort on validation queries, never the test ones
+    validation, validation_truth = np.load(sys.argv[4]), np.load(sys.argv[5])
+    for effort in (64, 128, 192, 256, 384, 512):
+        setting = kb.store.tune(ef_search=effort, nprobe=effort)
+        found = [[h.id for h in hits] for hits in kb.search_by_vector(validation, k=10)]
+        start = time.perf_counter()
+        for i in range(0, len(validation), 64):
+            kb.search_by_vector(validation[i:i + 64], k=10)
+        sweep[str(setting)] = {"validation_recall_at_10": float(np.mean(
+            [len(set(f) & set(t)) / 10 for f, t in zip(found, validation_truth.tolist())])),
+            "queries_per_second_batch_64": len(validation) / (time.perf_counter() - start),
+            "setting": setting}
+    reaching = [v for v in sweep.values() if v["validation_recall_at_10"] >= 0.95]
+    chosen = reaching[0] if reaching else list(sweep.values())[-1]
+    kb.store.tune(**chosen["setting"])
 found = [[h.id for h in hits] for hits in kb.search_by_vector(queries[:200], k=10)]
 recall = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth[:200].tolist())])
 kb.search_by_vector(queries[:64], k=10)  # warm
@@ -59,7 +75,8 @@ for q in queries[:500]:
     t = time.perf_counter()
     kb.search_by_vector(q[None, :], k=10)
     latencies.append(time.perf_counter() - t)
-print(json.dumps({"open_s": opened, "recall_at_10": float(recall),
+print(json.dumps({"open_s": opened, "recall_at_10": float(recall), "effort_sweep": sweep,
+                  "search_setting": kb.store.tune(),
                   "queries_per_second_batch_64": batch,
                   "latency_ms_p50": float(np.percentile(latencies, 50) * 1e3),
                   "latency_ms_p99": float(np.percentile(latencies, 99) * 1e3),
@@ -113,21 +130,30 @@ def directory_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def search_in_fresh_process(path: Path, queries: np.ndarray, truth: np.ndarray, work: Path) -> Any:
+def search_in_fresh_process(path: Path, queries: np.ndarray, truth: np.ndarray, work: Path,
+                            validation: tuple[np.ndarray, np.ndarray] | None = None) -> Any:
     np.save(work / "queries.npy", queries)
     np.save(work / "truth.npy", truth)
+    extra = []
+    if validation is not None:
+        np.save(work / "validation.npy", validation[0])
+        np.save(work / "validation_truth.npy", validation[1])
+        extra = [str(work / "validation.npy"), str(work / "validation_truth.npy")]
     script = work / "search.py"
     script.write_text(SEARCHER)
     done = subprocess.run([sys.executable, str(script), str(path), str(work / "queries.npy"),
-                           str(work / "truth.npy")], capture_output=True, text=True, check=True)
+                           str(work / "truth.npy"), *extra], capture_output=True, text=True,
+                          check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def faiss_scale(n: int, work: Path, embedder: str) -> dict[str, Any]:
     vectors = synthetic(n, seed=1)
     queries = synthetic(1000, seed=2)  # held out: never indexed
+    validation = synthetic(300, seed=4)  # held out too: the search effort is chosen on these
     rows = records(n)
     truth = exact_truth(vectors, ids_of(rows), queries)
+    validation_truth = exact_truth(vectors, ids_of(rows), validation)
     path = work / "kb"
     start = time.perf_counter()
     kb = pk.KnowledgeBase.build(rows, embedder=embedder, path=path, vectors=vectors)
@@ -145,14 +171,16 @@ def faiss_scale(n: int, work: Path, embedder: str) -> dict[str, Any]:
     add_s = time.perf_counter() - start
     add_written = written_bytes() - before
     add_trainings = kb.store.trainings - trainings
-    searched_after_add = search_in_fresh_process(path, queries[:300], truth[:300], work)
+    searched_after_add = search_in_fresh_process(path, queries[:300], truth[:300], work,
+                                                 (validation, validation_truth))
     before = written_bytes()
     start = time.perf_counter()
     removed = kb.delete(where={"batch": "extra"})
     delete_s = time.perf_counter() - start
     delete_written = written_bytes() - before
     kb.close()
-    searched = search_in_fresh_process(path, queries, truth, work)
+    searched = search_in_fresh_process(path, queries, truth, work,
+                                       (validation, validation_truth))
     return {
         "vectors": n, "dimension": DIM, "index": searched["stats"].get("index"),
         "build_s": build_s, "bytes_on_disk": size, "bytes_per_vector": size / n, "files": files,
@@ -231,9 +259,9 @@ def real_text(work: Path, smoke: bool, embedder: str) -> dict[str, Any]:
     kb = pk.KnowledgeBase.build(corpus, embedder=embedder, path=work / "reviews",
                                 index="hnsw_sq8")
     build_s = time.perf_counter() - start
-    exact = pk.KnowledgeBase.build(corpus, embedder=embedder, index="flat")
     queries = kb.embedder.encode(questions, progress=False)
-    truth = [{h.id for h in hits} for hits in exact.search_by_vector(queries, k=10)]
+    ids, vectors = kb.store.all_vectors()
+    truth = [set(row) for row in exact_truth(vectors, ids, queries).tolist()]
     found = [{h.id for h in hits} for hits in kb.search_by_vector(queries, k=10)]
     recall = float(np.mean([len(a & b) / 10 for a, b in zip(found, truth, strict=True)]))
     size = directory_bytes(work / "reviews")

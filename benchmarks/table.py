@@ -79,7 +79,7 @@ def write_table(folder: Path) -> Path:
             f"{add['seconds']:.1f} s = {add['fraction_of_build']:.1%}, {add['index_trainings']} "
             f"trainings, {add['fraction_of_size_written']:.1%} of the bytes written", "≤ 5%, 0",
             add["fraction_of_build"] <= 0.05 and add["index_trainings"] == 0)
-        row(f"… deleting them", f"{delete['seconds']:.1f} s = {delete['fraction_of_build']:.1%}",
+        row("… deleting them", f"{delete['seconds']:.1f} s = {delete['fraction_of_build']:.1%}",
             "≤ 5%", delete["fraction_of_build"] <= 0.05)
         row("… bytes per vector on disk (everything) / 100M projection",
             f"{f['bytes_per_vector']:.0f} B; {sc['projection_100M']['disk_gb_for_100M']:.0f} GB "

@@ -12,7 +12,8 @@ COMMANDS = [[], ["run"], ["train"], ["eval"], ["compare"], ["kb"], ["kb", "build
             ["kb", "update"], ["kb", "query"], ["kb", "stats"], ["template"],
             ["template", "list"], ["template", "show"], ["template", "render"],
             ["template", "check"], ["models"], ["config"], ["config", "schema"],
-            ["config", "check"], ["version"]]
+            ["config", "check"], ["version"], ["serve"], ["monitor"], ["kb", "migrate"],
+            ["kb", "optimize"]]
 
 
 def promptkit(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:

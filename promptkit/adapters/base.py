@@ -22,6 +22,7 @@ from promptkit.config import StrictModel, validate
 from promptkit.data import DataSource, Records
 from promptkit.devices import DEVICE_PATTERN, Dtype
 from promptkit.errors import ArtifactError, DataError, NotFittedError
+from promptkit.monitoring import Profile, build_profile
 from promptkit.task import Task
 
 
@@ -123,6 +124,7 @@ class Adapter(ABC):
         self.task: Task = config.task
         self.fitted_ = False
         self.fit_result_: FitResult | None = None
+        self.profile_: Profile | None = None  # reference traffic for drift monitoring
 
     @classmethod
     def create(cls, **settings: Any) -> Adapter:
@@ -166,7 +168,18 @@ class Adapter(ABC):
         result.examples = len(records)
         self.fitted_ = True
         self.fit_result_ = result
+        if not self.task.pairs:  # the reference that serving compares live traffic with
+            source, reference = ("validation", eval_records) if eval_records else ("train", records)
+            self.profile_ = build_profile(self, reference, source, self.config.seed)
         return result
+
+    def build_profile(self, data: DataSource, source: str = "given data") -> Profile:
+        """Record ``data`` (held-out examples, ideally) as the reference for drift monitoring;
+        saved with the adapter. ``fit`` does this with its evaluation data, else training data."""
+        self._check_fitted()
+        records = self.task.prepare(data, require_target=False, name="reference data")
+        self.profile_ = build_profile(self, records, source, self.config.seed)
+        return self.profile_
 
     def predict(self, inputs: DataSource) -> list[Prediction]:
         """Predict for each input: strings, dicts with the task's fields, or a data file."""
@@ -188,6 +201,8 @@ class Adapter(ABC):
         }
         with write_artifact(path, kind=self.name, config=self.config.to_dict(), meta=meta) as tmp:
             (tmp / "template.j2").write_text(self.task.template_obj.source, encoding="utf-8")
+            if self.profile_ is not None:
+                self.profile_.save(tmp)
             self._save(tmp)
         return Path(path)
 
@@ -223,6 +238,7 @@ class Adapter(ABC):
         settings["task"] = task
         adapter = adapter_cls(validate(adapter_cls.Config, settings, f"{root} manifest config"))
         adapter._load(root, manifest)
+        adapter.profile_ = Profile.load(root)
         adapter.fitted_ = True
         fit = manifest.get("meta", {}).get("fit")
         adapter.fit_result_ = FitResult(**fit) if fit else None

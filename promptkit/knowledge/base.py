@@ -109,8 +109,9 @@ class KnowledgeBase:
                     "A knowledge base on a Milvus cluster needs a directory for its manifest: "
                     "build it with path=..."
                 )
-            self._open(scratch)
-            weakref.finalize(self, _close_and_remove, self._store, scratch)
+            store = self._open(scratch)
+            weakref.finalize(self, _close_and_remove, store, scratch)
+            return store
         return self._store
 
     def _open(self, root: Path, verify: bool = False) -> VectorStore:

@@ -1,8 +1,9 @@
 """The FAISS store's docstore: documents, chunks and metadata in an SQLite file on disk.
 
-Vectors are not here: each chunk names its row in the store's vector file. SQLite is the commit
-point of the FAISS store: a write is committed when its transaction is, and everything on disk
-past the committed row count is a leftover of an interrupted write.
+Vectors are not here: each chunk names its row in the store's vector file, and that row is
+the table's key, so an append writes the table's last pages, not pages all over it. SQLite is
+the commit point of the FAISS store: a write is committed when its transaction is, and
+everything on disk past the committed row count is a leftover of an interrupted write.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from promptkit.knowledge.stores.base import DocumentRecord, Row, StoredChunk, ch
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS documents (
-    source TEXT PRIMARY KEY, content_hash TEXT NOT NULL, metadata TEXT NOT NULL);
+    source TEXT PRIMARY KEY, content_hash TEXT NOT NULL, metadata TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS chunks (
-    id INTEGER PRIMARY KEY, source TEXT NOT NULL, text TEXT NOT NULL, start INTEGER NOT NULL,
-    end INTEGER NOT NULL, text_hash TEXT NOT NULL, metadata TEXT NOT NULL, row INTEGER NOT NULL);
+    row INTEGER PRIMARY KEY, id INTEGER NOT NULL UNIQUE, source TEXT NOT NULL,
+    text TEXT NOT NULL, start INTEGER NOT NULL, end INTEGER NOT NULL, text_hash TEXT NOT NULL,
+    metadata TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS chunks_source ON chunks(source);
 CREATE INDEX IF NOT EXISTS chunks_hash ON chunks(text_hash);
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -126,7 +128,8 @@ class DocStore:
     def put_chunks(self, chunks: list[StoredChunk], rows: Iterable[int]) -> None:
         self._rows.clear()
         self.conn.executemany(
-            "INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO chunks (id, source, text, start, end, text_hash, metadata, "
+            "row) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     c.id,

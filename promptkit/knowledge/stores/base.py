@@ -29,7 +29,8 @@ _FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
 
 def text_hash(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    """The key of a chunk's text in the embedding cache (128 bits of its sha256)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
 def chunk_id(source: str, start: int, digest: str) -> int:
@@ -174,7 +175,7 @@ class VectorStore(ABC):
         k: int,
         where: dict[str, Any] | None,
         weights: tuple[float, float],
-        rrf_k: int,
+        rrf_k: float,
     ) -> list[tuple[int, float]]:
         """Dense and BM25 results fused by weighted reciprocal rank fusion."""
         from promptkit.knowledge.ranking import fuse

@@ -104,7 +104,7 @@ class FaissStore(VectorStore):
                 )
         if verify:
             self._verify()
-        self.main = None
+        self.main: Any = None
         index_file = self._index_path()
         if self.state["main_rows"]:
             try:
@@ -114,6 +114,10 @@ class FaissStore(VectorStore):
                     f"{index_file} could not be read ({str(exc).splitlines()[0]}). The file is "
                     "corrupted; rebuild the knowledge base or restore it from a copy."
                 ) from exc
+        if self.main is not None:
+            self.tune(
+                **{k: v for k, v in self.index_params.items() if k in ("ef_search", "nprobe")}
+            )
         live = np.zeros(rows, dtype=bool)
         live[self.docs.live_rows()] = True
         self._live_count = int(live.sum())
@@ -123,7 +127,7 @@ class FaissStore(VectorStore):
         self.dead = set(ids[:main_rows][~live[:main_rows]].tolist()) - set(
             ids[:main_rows][live[:main_rows]].tolist()
         )
-        self.delta = faiss.IndexIDMap2(faiss.IndexFlatIP(dim or 1))
+        self.delta: Any = faiss.IndexIDMap2(faiss.IndexFlatIP(dim or 1))
         delta_rows = np.nonzero(live[main_rows:])[0] + main_rows
         for start in range(0, len(delta_rows), BLOCK):
             part = delta_rows[start : start + BLOCK]
@@ -134,6 +138,30 @@ class FaissStore(VectorStore):
                 f"{self.root}: the docstore lists {self.docs.count()} chunks but the vector files "
                 f"hold {self._live_count}. Rebuild the knowledge base."
             )
+
+    def tune(self, ef_search: int | None = None, nprobe: int | None = None) -> dict[str, int]:
+        """Set the main index's search effort for this process (HNSW ``ef_search``, IVF
+        ``nprobe``): more is slower and finds more of the true neighbours. Returns the settings
+        in force. Saved defaults come from ``index_params`` at build or load."""
+        import faiss
+
+        if self.main is None:
+            return {}
+        inner = (
+            faiss.downcast_index(self.main.index)
+            if isinstance(self.main, faiss.IndexIDMap)
+            else self.main
+        )
+        if isinstance(inner, faiss.IndexHNSW):
+            if ef_search is not None:
+                inner.hnsw.efSearch = int(ef_search)
+            return {"ef_search": int(inner.hnsw.efSearch)}
+        ivf = _ivf(self.main)
+        if isinstance(ivf, faiss.IndexIVF):
+            if nprobe is not None:
+                ivf.nprobe = int(nprobe)
+            return {"nprobe": int(ivf.nprobe)}
+        return {}
 
     def _verify(self) -> None:
         """Check the sha256 of every committed segment of the vector file, and of the index."""

@@ -27,8 +27,8 @@ from promptkit.knowledge.stores.base import (
     Row,
     StoredChunk,
     VectorStore,
-    unique_chunks,
     check_filter,
+    unique_chunks,
 )
 
 INFO_SOURCE = "__promptkit_store__"  # the documents row that holds the store's own record
@@ -339,7 +339,7 @@ class MilvusStore(VectorStore):
         k: int,
         where: dict[str, Any] | None,
         weights: tuple[float, float],
-        rrf_k: int,
+        rrf_k: float,
     ) -> list[tuple[int, float]]:
         if weights[0] != weights[1] or not self._ready:  # weighted RRF is promptkit's own
             return super().hybrid(query, vector, k, where, weights, rrf_k)

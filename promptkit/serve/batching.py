@@ -1,0 +1,142 @@
+"""Dynamic batching: requests that arrive close together share one forward pass.
+
+A request's inputs join a per-model queue. The batch loop takes the first waiting input, then
+keeps collecting for at most ``max_wait_ms`` (or until ``max_batch_size`` inputs), so at low
+traffic a lone request waits ``max_wait_ms`` at most. The collected inputs are sorted by length
+and cut into groups whose longest input is at most twice the shortest (plus a little), so padding
+stays small; each group is one ``predict`` call on a single worker thread. The queue holds at
+most ``max_queue`` inputs: beyond that :class:`QueueFull` (the server answers 503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+LENGTH_SLACK = 16  # characters: groups of very short inputs are not cut for tiny differences
+
+
+class QueueFull(Exception):
+    """The model's queue is full; try again shortly."""
+
+
+@dataclass
+class _Pending:
+    records: list[dict[str, Any]]
+    lengths: list[int]
+    future: asyncio.Future[list[Any]]
+    arrived: float = field(default_factory=time.perf_counter)
+
+
+def length_groups(lengths: list[int]) -> list[list[int]]:
+    """Indices sorted by length, cut where an input is over twice the group's shortest."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    groups: list[list[int]] = []
+    for index in order:
+        if groups and lengths[index] <= 2 * lengths[groups[-1][0]] + LENGTH_SLACK:
+            groups[-1].append(index)
+        else:
+            groups.append([index])
+    return groups
+
+
+class Batcher:
+    """Groups calls of ``run(records) -> results`` (one result per record)."""
+
+    def __init__(
+        self,
+        run: Callable[[list[dict[str, Any]]], list[Any]],
+        length: Callable[[dict[str, Any]], int],
+        max_batch_size: int = 32,
+        max_wait_ms: float = 10.0,
+        max_queue: int = 256,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        self.run, self.length = run, length
+        self.max_batch_size, self.max_wait = max(1, max_batch_size), max_wait_ms / 1000
+        self.max_queue = max_queue
+        self.on_batch = on_batch
+        self.waiting = 0  # inputs queued, not yet in a batch
+        self.busy = 0  # inputs in the batch being computed
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="promptkit-batch")
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def submit(self, records: list[dict[str, Any]]) -> list[Any]:
+        if self.waiting + len(records) > self.max_queue:
+            raise QueueFull(f"{self.waiting} inputs are waiting (the limit is {self.max_queue})")
+        self.start()
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self.waiting += len(records)
+        await self._queue.put(_Pending(records, [self.length(r) for r in records], future))
+        return await future
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            first = await self._queue.get()
+            batch, size = [first], len(first.records)
+            deadline = first.arrived + self.max_wait
+            while size < self.max_batch_size:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self._queue.get(), remaining)
+                except asyncio.TimeoutError:
+                    break
+                batch.append(item)
+                size += len(item.records)
+            self.waiting -= size
+            self.busy = size
+            await self._compute(batch, loop)
+            self.busy = 0
+
+    async def _compute(self, batch: list[_Pending], loop: asyncio.AbstractEventLoop) -> None:
+        flat = [(p, i) for p in batch for i in range(len(p.records))]
+        lengths = [p.lengths[i] for p, i in flat]
+        results: list[Any] = [None] * len(flat)
+        failed: BaseException | None = None
+        for group in length_groups(lengths):
+            for start in range(0, len(group), self.max_batch_size):
+                part = group[start : start + self.max_batch_size]
+                records = [flat[j][0].records[flat[j][1]] for j in part]
+                try:
+                    outputs = await loop.run_in_executor(self._executor, self.run, records)
+                except BaseException as exc:  # the requests get the error; the loop lives on
+                    failed = exc
+                    continue
+                if self.on_batch is not None:
+                    self.on_batch(len(records))
+                for j, output in zip(part, outputs, strict=True):
+                    results[j] = output
+        position = 0
+        for pending in batch:
+            count = len(pending.records)
+            if pending.future.done():  # the client went away
+                position += count
+                continue
+            mine = results[position : position + count]
+            if failed is not None and any(r is None for r in mine):
+                pending.future.set_exception(failed)
+            else:
+                pending.future.set_result(mine)
+            position += count
+
+    async def drain(self) -> None:
+        """Wait until every queued input has been answered."""
+        while self.waiting or self.busy:
+            await asyncio.sleep(0.01)
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        self._executor.shutdown(wait=False)
