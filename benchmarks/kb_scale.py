@@ -11,7 +11,7 @@ against exact search, queries/s at batch 64 and p50/p99 single-query latency (in
 hit's text and metadata), peak RSS of a fresh process that opens the knowledge base and
 searches, the cost of adding and deleting 1% more chunks (seconds, index trainings, bytes
 written), and the same on milvus-lite against the raw pymilvus client. Writes
-benchmarks/results/kb_scale.json.
+benchmarks/results/scale.json.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import promptkit as pk
 from promptkit.knowledge.stores import chunk_id, text_hash
 
 DIM = 384
-OUT = Path(__file__).parent / "results" / "kb_scale.json"
+OUT = Path(__file__).parent / "results" / "scale.json"
 
 SEARCHER = r"""
 import json, sys, time

@@ -249,6 +249,7 @@ def run(config: RunConfig, echo: Any = print) -> Path:
 
     output = Path(config.output)
     reports = []
+    serving: list[str] = []
     started = time.perf_counter()
     for experiment in config.experiments:
         echo(f"== experiment {experiment.name}: {experiment.data}")
@@ -319,10 +320,28 @@ def run(config: RunConfig, echo: Any = print) -> Path:
         report.save(output / experiment.name)
         echo(report.table())
         reports.append(report)
+        if config.save_adapters and not repeated and report.results:
+            serving.append(_serve_command(report, output / experiment.name / "adapters"))
     elapsed = time.perf_counter() - started
     write_combined(reports, output, config.title, notes=[f"Wall time {elapsed:.0f} s."])
     echo(f"Reports written to {output}/report.html and {output}/report.md ({elapsed:.0f} s)")
+    if serving:
+        (output / "serve.txt").write_text("\n".join(serving) + "\n")
+        echo("\n".join(serving))
     return output
+
+
+def _serve_command(report: Any, folder: Path) -> str:
+    """The command that serves the experiment's best adapter (by the report's first metric)."""
+    from promptkit.metrics import metrics
+
+    metric = report.metric_names[0]
+    sign = 1 if metrics.get(metric).higher_is_better else -1
+    best = max(report.results, key=lambda r: sign * r.metrics[metric].value)
+    return (
+        f"Best in {report.title.split(' — ')[0]}: {best.name} ({metric} "
+        f"{best.metrics[metric].value:.3f}). Serve it: promptkit serve {folder / best.name}"
+    )
 
 
 def _progress(echo: Any, doing: str, name: str) -> None:

@@ -163,3 +163,10 @@ experiments:
 
     assert pk.load_adapter(tmp_path / "out" / "toy" / "adapters" / "full").task.labels == [
         "negative", "positive"]
+    # the run ends with the command that serves its best adapter, and that folder serves
+    hint = (tmp_path / "out" / "serve.txt").read_text()
+    assert hint.strip() in result.stdout and "promptkit serve " in hint
+    served = hint.split("promptkit serve ")[1].split()[0]
+    from promptkit.serve import discover
+
+    assert list(discover([served])) == [served.rsplit("/", 1)[1]]

@@ -282,3 +282,47 @@ def test_sigkill_during_add_leaves_a_searchable_consistent_store(backend, tmp_pa
     kb.add([f"second batch {i}" for i in range(10)])  # and writing again completes it
     assert len(kb) == 20 and len(kb.search("batch", k=50)) == 20
     kb.close()
+
+
+def _written() -> int:
+    for line in open("/proc/self/io").read().splitlines():
+        if line.startswith("wchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no /proc/self/io")
+
+
+def _size(path):
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def test_faiss_adds_and_deletes_without_retraining_or_rewriting(tmp_path, tiny_bert):
+    rng = np.random.default_rng(0)
+    dimension = pk.KnowledgeBase.build(["probe"], embedder=tiny_bert).dimension
+    records = [{"text": f"chunk {i}", "source": f"c{i}", "batch": "base"} for i in range(4000)]
+    kb = pk.KnowledgeBase.build(records, embedder=tiny_bert, index="ivf_sq8", path=tmp_path / "kb",
+                                vectors=rng.normal(size=(4000, dimension)))
+    store = kb.store
+    trained, size = store.trainings, _size(tmp_path / "kb")
+    assert kb.stats()["index"] == "ivf_sq8" and store.stats()["main_rows"] == 4000
+    extra = [{"text": f"extra {i}", "source": f"e{i}", "batch": "extra"} for i in range(40)]
+    before = _written()
+    kb.add(extra, vectors=rng.normal(size=(40, dimension)))
+    added = _written() - before
+    assert store.trainings == trained  # no retraining
+    assert added < 0.1 * size, (added, size)  # a 1% add writes a small part of the files
+    assert store.stats()["delta_rows"] == 40
+    probe = kb.store.vectors([kb.store.ids_matching({"batch": "extra"})[0]])
+    assert kb.search_by_vector(probe, k=1)[0][0].metadata["batch"] == "extra"
+    before = _written()
+    assert kb.delete(where={"batch": "extra"}) == 40
+    assert _written() - before < 0.1 * size and store.trainings == trained
+    assert len(kb) == 4000 and all(h.metadata["batch"] == "base"
+                                   for h in kb.search_by_vector(probe, k=5)[0])
+    again = pk.KnowledgeBase.load(tmp_path / "kb", verify=True)
+    assert len(again) == 4000 and again.store.count() == again.store.docs.count()
+    # retraining: on optimize (compacting deleted rows away), or once the collection doubled
+    again.optimize()
+    assert again.store.trainings == 1 and again.store.state["rows"] == 4000
+    more = [{"text": f"more {i}", "source": f"m{i}"} for i in range(4000)]
+    again.add(more, vectors=rng.normal(size=(4000, dimension)))
+    assert again.store.trainings == 2 and again.stats()["main_rows"] == 8000
