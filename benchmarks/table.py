@@ -94,6 +94,22 @@ def write_table(folder: Path) -> Path:
         row(f"real text: {r['chunks']:,} review snippets, hnsw_sq8 recall@10 vs exact",
             f"{r['recall_at_10_hnsw_sq8_vs_exact']:.3f}; build {r['build_s']:.0f} s with "
             f"embedding, {r['bytes_per_chunk']:.0f} B/chunk", "report", None)
+    if sv := _load(folder, "serve_load"):
+        b, n = sv["batching"], sv["no_batching"]
+        row(f"serve, {sv['clients']} concurrent clients, one review per request (vs offline "
+            "predict of the same reviews)",
+            f"{b['requests_per_second']:.0f} vs {sv['offline_predict_per_second']:.0f} req/s = "
+            f"{sv['served_vs_offline']:.2f}x; p50/p95/p99 {b['latency_ms']['p50']:.0f}/"
+            f"{b['latency_ms']['p95']:.0f}/{b['latency_ms']['p99']:.0f} ms", "≥ 0.8x",
+            sv["served_vs_offline"] >= 0.8)
+        row("… dynamic batching vs none", f"{sv['batching_vs_none']:.2f}x "
+            f"({n['requests_per_second']:.0f} req/s without)", "≥ 3x", sv["batching_vs_none"] >= 3)
+    if dr := _load(folder, "drift"):
+        row(f"drift alarm on {dr['trials']} in-distribution windows of {dr['window']} "
+            "(false alarms)", f"{dr['false_alarm_rate']:.0%}", "≤ 5%", dr["false_alarm_rate"] <= 0.05)
+        row("… traffic switching to Reuters news: alarm within one window",
+            f"{dr['detection_within_one_window']:.0%} of {dr['trials']} trials", "≥ 90%",
+            dr["detection_within_one_window"] >= 0.9)
     text = "\n".join(lines) + "\n"
     if q := _load(folder, "quality"):
         text += (f"\nRotten Tomatoes test accuracy and macro-F1 on {q['test_examples']:,} test "

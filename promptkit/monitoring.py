@@ -101,30 +101,31 @@ def build_profile(
 def _mmd(
     x: np.ndarray, y: np.ndarray, permutations: int, rng: np.random.Generator
 ) -> tuple[float, float]:
-    """Squared MMD with an RBF kernel (median-distance bandwidth) and its permutation p-value."""
-    joined = np.concatenate([x, y])
+    """Squared MMD with an RBF kernel (median-distance bandwidth) and its permutation p-value.
+
+    Every permutation's statistic comes from one matrix product: with ``a`` the 0/1 indicator
+    of the first group, the within-group kernel sums are ``a·Ka`` and ``b·Kb``, the cross sum
+    ``a·Kb``."""
+    joined = np.concatenate([x, y]).astype(np.float64)
     squared = np.sum(joined**2, axis=1)
     distances = np.maximum(squared[:, None] + squared[None, :] - 2 * joined @ joined.T, 0)
     positive = distances[np.triu_indices(len(joined), 1)]
     bandwidth = float(np.median(positive[positive > 0])) if (positive > 0).any() else 1.0
     kernel = np.exp(-distances / bandwidth)
-    n = len(x)
-
-    def statistic(order: np.ndarray) -> float:
-        a, b = order[:n], order[n:]
-        kxx = kernel[np.ix_(a, a)]
-        kyy = kernel[np.ix_(b, b)]
-        kxy = kernel[np.ix_(a, b)]
-        return float(
-            (kxx.sum() - np.trace(kxx)) / (n * (n - 1))
-            + (kyy.sum() - np.trace(kyy)) / (len(b) * (len(b) - 1))
-            - 2 * kxy.mean()
-        )
-
-    identity = np.arange(len(joined))
-    observed = statistic(identity)
-    exceed = sum(statistic(rng.permutation(identity)) >= observed for _ in range(permutations))
-    return observed, (exceed + 1) / (permutations + 1)
+    np.fill_diagonal(kernel, 0.0)  # unbiased estimate: no self-similarity terms
+    n, m = len(x), len(y)
+    groups = np.zeros((permutations + 1, n + m))
+    groups[0, :n] = 1
+    for row in range(1, permutations + 1):
+        groups[row, rng.permutation(n + m)[:n]] = 1
+    other = 1 - groups
+    projected = groups @ kernel  # (p, N)
+    within_x = np.einsum("pn,pn->p", projected, groups)
+    cross = np.einsum("pn,pn->p", projected, other)
+    within_y = np.einsum("pn,pn->p", other @ kernel, other)
+    stats = within_x / (n * (n - 1)) + within_y / (m * (m - 1)) - 2 * cross / (n * m)
+    observed = float(stats[0])
+    return observed, float((np.sum(stats[1:] >= observed) + 1) / (permutations + 1))
 
 
 def drift(
@@ -182,7 +183,7 @@ class DriftWindow:
         self.profile, self.size, self.every, self.alpha = profile, size, every, alpha
         self.labels: deque[str] = deque(maxlen=size)
         self.confidences: deque[float] = deque(maxlen=size)
-        self.features: deque[np.ndarray] = deque(maxlen=size)
+        self.texts: deque[str] = deque(maxlen=size)  # sketched when a test is due
         self.seen = 0
         self.last: dict[str, Any] | None = None
         self.history: deque[dict[str, Any]] = deque(maxlen=500)  # every result, for plots
@@ -191,19 +192,18 @@ class DriftWindow:
         self, texts: list[str], labels: list[str | None], confidences: list[float | None]
     ) -> dict[str, Any] | None:
         """Add observations; returns a fresh drift result when one was computed."""
-        for row in sketch(texts):
-            self.features.append(row)
+        self.texts.extend(texts)
         self.labels.extend(label for label in labels if label is not None)
         self.confidences.extend(c for c in confidences if c is not None)
         before, self.seen = self.seen, self.seen + len(texts)
         due = self.seen // self.every > before // self.every
-        if self.profile is None or len(self.features) < self.size or not due:
+        if self.profile is None or len(self.texts) < self.size or not due:
             return None
         self.last = drift(
             self.profile,
             list(self.labels),
             list(self.confidences),
-            np.stack(list(self.features)),
+            sketch(list(self.texts)),
             self.alpha,
             seed=self.seen,
         )

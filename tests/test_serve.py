@@ -256,9 +256,32 @@ def test_length_groups_keep_padding_small():
     from promptkit.serve.batching import length_groups
 
     lengths = [5, 400, 6, 380, 90, 7, 100]
-    groups = length_groups(lengths)
+    groups = length_groups(lengths, min_group=2)
     assert sorted(i for g in groups for i in g) == list(range(7))
     for group in groups:
         sizes = [lengths[i] for i in group]
-        assert max(sizes) <= 2 * min(sizes) + 16
+        assert max(sizes) <= 1.5 * min(sizes) + 16
     assert len(groups) == 3
+    assert length_groups(lengths, min_group=8) == [sorted(range(7), key=lengths.__getitem__)]
+    many = [10] * 8 + [300] * 8
+    assert [len(g) for g in length_groups(many, min_group=8)] == [8, 8]
+
+
+def test_monitor_command_reads_the_request_log(server, artifacts, tmp_path):
+    root, _ = artifacts
+    texts = [r["text"] for r in toy_classification(30, seed=11)]
+    httpx.post(server.url + "/predict", json={"model": "sentiment", "input": texts}, timeout=60)
+    page = tmp_path / "drift.html"
+    result = subprocess.run([sys.executable, "-m", "promptkit", "monitor", str(server.log),
+                             "--reference", str(root / "sentiment"), "--model", "sentiment",
+                             "--window", "20", "--out", str(page)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout[result.stdout.index("{"):])
+    assert summary["windows"] >= 2 and summary["model"] == "sentiment"
+    assert set(summary["drift"]["tests"]) == {"labels_chi2", "confidence_ks", "inputs_mmd"}
+    assert "<svg" in page.read_text()
+    missing = subprocess.run([sys.executable, "-m", "promptkit", "monitor", str(server.log),
+                              "--reference", str(root / "sentiment"), "--model", "nobody"],
+                             capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and "holds no requests" in missing.stderr

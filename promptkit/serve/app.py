@@ -10,6 +10,7 @@ import asyncio
 import base64
 import hmac
 import json
+import logging
 import os
 import time
 import uuid
@@ -28,6 +29,7 @@ from promptkit.serve.batching import Batcher, QueueFull
 from promptkit.serve.metrics import Metrics
 from promptkit.serve.requestlog import RequestLog
 
+log = logging.getLogger(__name__)
 OPEN_PATHS = {"/healthz", "/readyz", "/metrics", "/monitor", "/monitor.html"}
 
 
@@ -51,7 +53,7 @@ class ServeConfig(StrictModel):
     log_sample: float = Field(1.0, ge=0, le=1)
     log_hash_inputs: bool = False
     monitor_window: int = Field(200, ge=10)
-    monitor_every: int = Field(50, ge=1)
+    monitor_every: int = Field(100, ge=1)
     monitor_alpha: float = Field(0.05, gt=0, lt=1)
 
 
@@ -163,6 +165,9 @@ class Server:
         self.api_key = os.environ.get(config.api_key_env) or None
         self.draining = False
         self.started = time.time()
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._monitor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="promptkit-monitor")
 
     @staticmethod
     def _runner(adapter: Any) -> Any:
@@ -259,9 +264,8 @@ class Server:
                 self.metrics.confidence.labels(name).observe(confidence)
             if prediction.text is not None:
                 self.metrics.tokens.labels(name).inc(len(prediction.text.split()))
-        result = served.window.observe(texts, labels, confidences)
-        if result is not None:
-            self.metrics.record_drift(name, result)
+        # the drift window's sketches and tests run on their own thread, off the event loop
+        self._monitor.submit(self._watch, served, texts, labels, confidences)
         if self.log is not None:
             latency = (time.perf_counter() - started) * 1000
             for text, prediction, confidence in zip(texts, predictions, confidences, strict=True):
@@ -278,6 +282,17 @@ class Server:
                     latency,
                 )
 
+    def _watch(
+        self, served: Served, texts: list[str], labels: list[Any], confidences: list[Any]
+    ) -> None:
+        try:
+            result = served.window.observe(texts, labels, confidences)
+        except Exception:  # monitoring must never take serving down with it
+            log.exception("drift monitoring of %s failed", served.name)
+            return
+        if result is not None:
+            self.metrics.record_drift(served.name, result)
+
     def monitor(self) -> dict[str, Any]:
         return {
             name: {
@@ -285,7 +300,7 @@ class Server:
                 "profile": served.adapter.profile_.to_dict() if served.adapter.profile_ else None,
                 "window": {
                     "size": served.window.size,
-                    "filled": len(served.window.features),
+                    "filled": len(served.window.texts),
                     "seen": served.window.seen,
                 },
                 "drift": served.window.last,
@@ -336,6 +351,7 @@ def create_app(
         await asyncio.gather(*(s.batcher.drain() for s in server.models.values()))
         for served in server.models.values():
             served.batcher.close()
+        server._monitor.shutdown(wait=True)
         if server.log is not None:
             server.log.close()
 
@@ -373,32 +389,76 @@ def create_app(
             500, f"Internal error ({type(exc).__name__}); see the server log.", "server_error"
         )
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Any) -> Response:
-        started = time.perf_counter()
-        path = request.url.path
-        if path not in OPEN_PATHS and not server.authorized(request.headers.get("authorization")):
-            return error(
-                401, "Missing or wrong API key (Authorization: Bearer ...).", "authentication_error"
-            )
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > config.max_body_bytes):
-            return error(
-                413,
-                f"The request body is over {config.max_body_bytes} bytes.",
-                "invalid_request_error",
-            )
-        request.state.started = started
-        response = await call_next(request)
-        model = getattr(request.state, "model", "-")
-        server.metrics.requests.labels(model, path, str(response.status_code)).inc()
-        if response.status_code >= 400:
-            server.metrics.errors.labels(model, path, str(response.status_code)).inc()
-        server.metrics.latency.labels(model, path).observe(time.perf_counter() - started)
-        return response
-
+    app.add_middleware(Guard, server=server)
     add_routes(app, server)
     return app
+
+
+class Guard:
+    """Plain ASGI middleware (no per-request task or stream, unlike ``@app.middleware``): the
+    API key, the body limit (declared or streamed), and the request metrics."""
+
+    def __init__(self, app: Any, server: Server) -> None:
+        self.app, self.server = app, server
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        from fastapi.responses import JSONResponse
+
+        server, limit = self.server, self.server.config.max_body_bytes
+        started = time.perf_counter()
+        path = scope["path"]
+        headers = dict(scope["headers"])
+        refusal = None
+        key = headers.get(b"authorization")
+        if path not in OPEN_PATHS and not server.authorized(key.decode("latin-1") if key else None):
+            refusal = (
+                401,
+                "Missing or wrong API key (Authorization: Bearer ...).",
+                "authentication_error",
+            )
+        length = headers.get(b"content-length", b"0")
+        if refusal is None and (not length.isdigit() or int(length) > limit):
+            refusal = (413, f"The request body is over {limit} bytes.", "invalid_request_error")
+        if refusal is not None:
+            status, message, kind = refusal
+            body = {"error": {"message": message, "type": kind, "code": status}}
+            await JSONResponse(body, status_code=status)(scope, receive, send)
+            self.count(scope, path, status, started)
+            return
+        received = 0
+
+        async def limited() -> Any:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > limit:  # a streamed body without a declared length
+                raise RequestError(413, f"The request body is over {limit} bytes.")
+            return message
+
+        status = 500
+
+        async def sending(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        scope.setdefault("state", {})["started"] = started
+        try:
+            await self.app(scope, limited, sending)
+        finally:
+            self.count(scope, path, status, started)
+
+    def count(self, scope: Any, path: str, status: int, started: float) -> None:
+        metrics = self.server.metrics
+        model = scope.get("state", {}).get("model", "-")
+        metrics.requests.labels(model, path, str(status)).inc()
+        if status >= 400:
+            metrics.errors.labels(model, path, str(status)).inc()
+        metrics.latency.labels(model, path).observe(time.perf_counter() - started)
 
 
 def completion_id(prefix: str) -> str:

@@ -3,9 +3,9 @@
 A request's inputs join a per-model queue. The batch loop takes the first waiting input, then
 keeps collecting for at most ``max_wait_ms`` (or until ``max_batch_size`` inputs), so at low
 traffic a lone request waits ``max_wait_ms`` at most. The collected inputs are sorted by length
-and cut into groups whose longest input is at most twice the shortest (plus a little), so padding
-stays small; each group is one ``predict`` call on a single worker thread. The queue holds at
-most ``max_queue`` inputs: beyond that :class:`QueueFull` (the server answers 503).
+and cut into groups whose longest input is at most 1.5 times the shortest (plus a little; no
+group under 4 inputs), so padding stays small; each group is one ``predict`` call on one
+thread. The queue holds at most ``max_queue`` inputs: beyond that :class:`QueueFull` (503).
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 LENGTH_SLACK = 16  # characters: groups of very short inputs are not cut for tiny differences
+LENGTH_FACTOR = 1.5  # a group's longest input is at most this times its shortest (plus slack)
+MIN_GROUP = 4  # on CPU a forward pass costs about its padded tokens: small groups are cheap
 
 
 class QueueFull(Exception):
@@ -32,16 +34,20 @@ class _Pending:
     arrived: float = field(default_factory=time.perf_counter)
 
 
-def length_groups(lengths: list[int]) -> list[list[int]]:
-    """Indices sorted by length, cut where an input is over twice the group's shortest."""
+def length_groups(lengths: list[int], min_group: int = MIN_GROUP) -> list[list[int]]:
+    """Indices sorted by length, cut where an input is over 1.5 times the group's shortest —
+    but never into groups smaller than ``min_group`` (a forward pass has a fixed cost too)."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    groups: list[list[int]] = []
-    for index in order:
-        if groups and lengths[index] <= 2 * lengths[groups[-1][0]] + LENGTH_SLACK:
-            groups[-1].append(index)
-        else:
+    groups: list[list[int]] = [[]]
+    for position, index in enumerate(order):
+        group = groups[-1]
+        remaining = len(order) - position
+        long = group and lengths[index] > LENGTH_FACTOR * lengths[group[0]] + LENGTH_SLACK
+        if long and len(group) >= min_group and remaining >= min_group:
             groups.append([index])
-    return groups
+        else:
+            group.append(index)
+    return [g for g in groups if g]
 
 
 class Batcher:
@@ -83,8 +89,17 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while True:
             first = await self._queue.get()
+            collecting = time.perf_counter()
             batch, size = [first], len(first.records)
-            deadline = first.arrived + self.max_wait
+            # what queued up while the last batch ran joins at once; then wait for company
+            # until max_wait after the first one arrived
+            while size < self.max_batch_size and not self._queue.empty():
+                item = self._queue.get_nowait()
+                batch.append(item)
+                size += len(item.records)
+            # wait for company until max_wait after the batch opened: a lone request waits
+            # max_wait at most, and under load the clients just answered can join
+            deadline = max(first.arrived, collecting) + self.max_wait
             while size < self.max_batch_size:
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:

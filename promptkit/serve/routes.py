@@ -252,15 +252,22 @@ def add_routes(app: Any, server: Server) -> None:
         payload, content_type = server.metrics.render()
         return Response(payload, media_type=content_type)
 
+    async def settled() -> dict[str, Any]:
+        """The monitor's state once the observations queued before this request are in."""
+        import asyncio
+
+        await asyncio.wrap_future(server._monitor.submit(lambda: None))
+        return server.monitor()
+
     @app.get("/monitor")
     async def monitor() -> dict[str, Any]:
-        return server.monitor()
+        return await settled()
 
     @app.get("/monitor.html")
     async def monitor_page() -> HTMLResponse:
         from promptkit.serve.page import monitor_html
 
-        return HTMLResponse(monitor_html(server.monitor()))
+        return HTMLResponse(monitor_html(await settled()))
 
 
 def _knowledge(server: Server, name: Any) -> Any:
