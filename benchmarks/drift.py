@@ -50,7 +50,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trials", type=int, default=100)
     parser.add_argument("--window", type=int, default=200)
-    parser.add_argument("--every", type=int, default=50, help="requests between tests")
+    parser.add_argument("--every", type=int, default=100, help="requests between tests (the server default)")
     parser.add_argument("--work", default="runs/serve-bench")
     parser.add_argument("--reuse", action="store_true")
     parser.add_argument("--out", default=str(OUT))
