@@ -268,3 +268,34 @@ def test_distinct_sources(tiny_bert, tmp_path):
     assert len(hits) == 3 and len({h.source for h in hits}) == 3
     assert hits[0].source == "long.txt" and hits[0].score == pytest.approx(plain[0].score)
     assert len(kb.search(page, k=10, distinct="source")) == 5  # only 5 documents exist
+
+
+def _minimal_pdf(text: str) -> bytes:
+    """A one-page PDF whose page draws ``text`` (hand-built: no PDF writer needed)."""
+    content = f"BT /F1 12 Tf 72 712 Td ({text}) Tj ET".encode()
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+               b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+               b"/Resources << /Font << /F1 5 0 R >> >> >>",
+               b"<< /Length %d >>\nstream\n" % len(content) + content + b"\nendstream",
+               b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
+    out, offsets = bytearray(b"%PDF-1.4\n"), []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    return bytes(out)
+
+
+def test_pdf_files_are_indexed(tmp_path, tiny_bert):
+    pytest.importorskip("pypdf")
+    docs = tmp_path / "pdfs"
+    docs.mkdir()
+    (docs / "rivers.pdf").write_bytes(_minimal_pdf("Boats float down the river"))
+    (docs / "notes.txt").write_text("bakers knead dough before dawn")
+    kb = pk.KnowledgeBase.build(docs, embedder=tiny_bert)
+    hits = kb.search("boats", k=5, filter={"source": "rivers.pdf"})
+    assert [h.text for h in hits] == ["Boats float down the river"]
+    assert hits[0].metadata["title"] == "rivers" and hits[0].metadata["pages"] == 1

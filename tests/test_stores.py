@@ -335,3 +335,11 @@ def test_faiss_adds_and_deletes_without_retraining_or_rewriting(tmp_path, tiny_b
     more = [{"text": f"more {i}", "source": f"m{i}"} for i in range(4000)]
     again.add(more, vectors=rng.normal(size=(4000, dimension)))
     assert again.store.trainings == 2 and again.stats()["main_rows"] == 8000
+
+
+def test_optimize_keeps_every_chunk_searchable(filled):
+    store, chunks, vectors = filled
+    store.delete(ids=[c.id for c in chunks[:10]])
+    store.optimize()
+    assert store.count() == 30
+    assert store.search(vectors[20:21], 1)[0][0][0] == chunks[20].id

@@ -16,7 +16,6 @@ import tempfile
 import uuid
 import weakref
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,40 +27,24 @@ from promptkit.errors import KnowledgeBaseError
 from promptkit.knowledge.chunking import ChunkingConfig
 from promptkit.knowledge.embedder import Embedder, get_embedder
 from promptkit.knowledge.index import EXACT_BELOW, index_types
-from promptkit.knowledge.loaders import Document, scan_folder
+from promptkit.knowledge.ingest import Ingesting, UpdateStats
 from promptkit.knowledge.parallel import (
     ENGINES,
-    chunk_documents,
-    embed_with_ray,
-    encode_with_workers,
 )
-from promptkit.knowledge.ranking import HOW_TO_TRAIN, CrossEncoderReranker, Fusion, Hit
+from promptkit.knowledge.ranking import CrossEncoderReranker
+from promptkit.knowledge.searching import Searching
 from promptkit.knowledge.stores import (
-    DocumentRecord,
-    StoredChunk,
     VectorStore,
-    chunk_id,
     copy_store,
     open_store,
     parse_store,
-    text_hash,
 )
 
 KIND = "knowledge_base"
 STORE_FORMAT = 2  # knowledge bases before it kept every vector in one SQLite file
 
 
-@dataclass
-class UpdateStats:
-    added: int = 0
-    changed: int = 0
-    removed: int = 0
-    unchanged: int = 0
-    chunks_embedded: int = 0
-    chunks_reused: int = 0
-
-
-class KnowledgeBase:
+class KnowledgeBase(Ingesting, Searching):
     """A searchable collection of chunks. Build one with :meth:`build`, reopen with :meth:`load`."""
 
     def __init__(
@@ -344,98 +327,6 @@ class KnowledgeBase:
 
     # ---- writing ------------------------------------------------------------------------------
 
-    def _ingest(
-        self,
-        documents: list[Document],
-        replace: Iterable[str] = (),
-        vectors: np.ndarray | None = None,
-    ) -> tuple[int, int]:
-        """Chunk and embed ``documents`` (reusing stored vectors), replacing ``replace`` sources;
-        with ``vectors``, each document is one chunk with the given embedding."""
-        self._bind()
-        if vectors is None:
-            chunks = chunk_documents(documents, self.embedder, self.chunking)
-            hashes = [c.text_hash for c in chunks]
-            cached = self.store.cached_embeddings(hashes)
-            missing = sorted(
-                {c.text_hash: c.text for c in chunks if c.text_hash not in cached}.items()
-            )
-            fresh = encode_with_workers(self.embedder, [t for _, t in missing], self.workers)
-            cached.update({h: v for (h, _), v in zip(missing, fresh, strict=True)})
-            matrix = np.stack([cached[h] for h in hashes]) if chunks else None
-            embedded = len(missing)
-        else:
-            chunks = []
-            for doc in documents:
-                digest = text_hash(doc.text)
-                chunks.append(
-                    StoredChunk(
-                        chunk_id(doc.source, 0, digest),
-                        doc.source,
-                        doc.text,
-                        0,
-                        len(doc.text),
-                        digest,
-                        dict(doc.metadata),
-                    )
-                )
-            matrix, embedded = np.asarray(vectors, dtype=np.float32), len(chunks)
-            norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-            matrix = matrix / np.maximum(norms, 1e-12)  # inner product is cosine similarity
-        dim = self.store.info.get("dimension") or 1
-        self.store.write(
-            chunks,
-            matrix if matrix is not None else np.zeros((0, dim), np.float32),
-            [DocumentRecord(d.source, d.content_hash, d.metadata) for d in documents],
-            replace,
-        )
-        return embedded, len(chunks) - embedded
-
-    def _fill_with_ray(self, source: Any, workers: int, address: str | None) -> None:
-        if isinstance(source, (str, Path)):
-            documents, _ = scan_folder(Path(source), strict=self.strict)
-        else:
-            documents = [_as_document(i, r) for i, r in enumerate(source)]
-        self._bind()
-        for chunks, vectors in embed_with_ray(
-            documents, self.embedder_name, self.chunking, workers, address
-        ):
-            self.store.write(chunks, vectors)
-        dim = self.store.info.get("dimension") or 1
-        records = [DocumentRecord(d.source, d.content_hash, d.metadata) for d in documents]
-        self.store.write([], np.zeros((0, dim), np.float32), records)
-
-    def _sync_folder(self) -> UpdateStats:
-        if self.source is None:
-            raise KnowledgeBaseError("This knowledge base was not built from a folder.")
-        documents, _ = scan_folder(Path(self.source), strict=self.strict)
-        known = {
-            s: h for s, h in self.store.document_hashes().items() if not s.startswith("record:")
-        }
-        stats = UpdateStats()
-        fresh = {d.source: d for d in documents}
-        changed = [d for d in documents if known.get(d.source) != d.content_hash]
-        stats.added = sum(1 for d in changed if d.source not in known)
-        stats.changed = len(changed) - stats.added
-        stats.unchanged = len(documents) - len(changed)
-        removed = [s for s in known if s not in fresh]
-        stats.removed = len(removed)
-        if changed or removed:
-            embedded, reused = self._ingest(changed, replace=[d.source for d in changed] + removed)
-            stats.chunks_embedded, stats.chunks_reused = embedded, reused
-        return stats
-
-    def _add_records(self, records: Iterable[Any], vectors: np.ndarray | None = None) -> int:
-        documents = [_as_document(number, record) for number, record in enumerate(records)]
-        if vectors is not None and len(vectors) != len(documents):
-            raise KnowledgeBaseError(
-                f"{len(documents)} records but {len(vectors)} vectors: give one vector per record."
-            )
-        embedded, _ = self._ingest(
-            documents, replace=[d.source for d in documents], vectors=vectors
-        )
-        return embedded
-
     def _transaction(self, change: Any) -> Any:
         """Apply ``change`` under the directory's lock, on the latest committed state."""
         if self.path is None:
@@ -552,160 +443,6 @@ class KnowledgeBase:
     def resolved_index_type(self) -> str:
         return str(self.store.stats().get("index") or self.index_type)
 
-    # ---- search -------------------------------------------------------------------------------
-
-    def search(
-        self,
-        query: str,
-        k: int = 10,
-        filter: dict[str, Any] | None = None,
-        hybrid: Any = False,
-        rerank: Any = False,
-        candidates: int | None = None,
-        distinct: str | None = None,
-        rerank_weight: float = 1.0,
-    ) -> list[Hit]:
-        """The ``k`` chunks most similar to ``query``.
-
-        ``filter`` is applied before the vector search (FAISS ID selectors), so a selective
-        filter still returns its matches. ``hybrid`` fuses BM25 with dense results by reciprocal
-        rank fusion (True, or a :class:`Fusion` / dict of dense_weight, sparse_weight, rrf_k);
-        ``rerank`` (a fitted rerank adapter, its directory, or a cross-encoder checkpoint with a
-        trained head) reorders the candidates; ``rerank_weight`` below 1 blends its standardized
-        scores with the first stage's (choose it on validation with
-        :func:`promptkit.knowledge.tune_rerank_weight`).
-        ``candidates`` is how many chunks fusion and reranking start from (default ``4 * k``);
-        reranking costs one cross-encoder pass per candidate. ``distinct="source"`` (or a
-        metadata field) returns ``k`` hits with different values of it — the best chunk of each
-        of ``k`` documents rather than ``k`` chunks of one page.
-        """
-        return self.search_many(
-            [query], k, filter, hybrid, rerank, candidates, distinct, rerank_weight
-        )[0]
-
-    def search_many(
-        self,
-        queries: list[str],
-        k: int = 10,
-        filter: dict[str, Any] | None = None,
-        hybrid: Any = False,
-        rerank: Any = False,
-        candidates: int | None = None,
-        distinct: str | None = None,
-        rerank_weight: float = 1.0,
-    ) -> list[list[Hit]]:
-        """:meth:`search` for several queries at once (one embedding batch)."""
-        if not 0 <= rerank_weight <= 1:
-            raise KnowledgeBaseError(f"rerank_weight must be in [0, 1], got {rerank_weight}.")
-        rerank = (rerank, rerank_weight) if rerank is not False and rerank is not None else False
-        if not all(isinstance(q, str) for q in queries):
-            raise KnowledgeBaseError("Queries must be strings.")
-        if distinct is None:
-            return self._search(list(queries), None, k, filter, hybrid, rerank, candidates)
-        vectors = self.embedder.encode(list(queries), progress=False) if len(self) else None
-        depth = max(k * 4, candidates or 0)
-        while True:  # deepen until every query has k distinct values, or the base runs out
-            found = self._search(list(queries), vectors, depth, filter, hybrid, rerank, depth)
-            kept = [_distinct(hits, distinct)[:k] for hits in found]
-            if all(len(h) == k for h in kept) or depth >= len(self):
-                return kept
-            depth *= 4
-
-    def search_by_vector(
-        self, vectors: np.ndarray, k: int = 10, filter: dict[str, Any] | None = None
-    ) -> list[list[Hit]]:
-        """Dense search with query vectors you embedded yourself (one row per query)."""
-        queries = [""] * len(vectors)
-        return self._search(queries, np.asarray(vectors, dtype=np.float32), k, filter)
-
-    def _search(
-        self,
-        queries: list[str],
-        vectors: np.ndarray | None,  # embedded from ``queries`` when None
-        k: int,
-        filter: dict[str, Any] | None,
-        hybrid: Any = False,
-        rerank: Any = False,
-        candidates: int | None = None,
-    ) -> list[list[Hit]]:
-        if k < 1:
-            raise KnowledgeBaseError(f"k must be at least 1, got {k}.")
-        if candidates is not None and candidates < k:
-            raise KnowledgeBaseError(f"candidates must be at least k ({k}), got {candidates}.")
-        store = self.store
-        fusion = Fusion.of(hybrid) if hybrid is not False and hybrid is not None else None
-        depth = (candidates or k * 4) if (fusion or rerank) else k
-        if vectors is None:
-            vectors = self.embedder.encode(queries, progress=False)
-        if fusion is None:
-            ranked_all = store.search(vectors, depth, filter)
-        else:
-            weights = (fusion.dense_weight, fusion.sparse_weight)
-            ranked_all = [
-                store.hybrid(query, vector, depth, filter, weights, fusion.rrf_k)
-                for query, vector in zip(queries, vectors, strict=True)
-            ]
-        results = []
-        for query, ranked in zip(queries, ranked_all, strict=True):
-            rows = store.rows(i for i, _ in ranked)
-            hits = [
-                Hit(row[2], score, row[1], (row[3], row[4]), None, i, row[5])
-                for i, score in ranked
-                if (row := rows.get(i)) is not None
-            ]
-            if rerank:
-                hits = self._rerank(query, hits, rerank)
-            results.append(hits[:k])
-        return results
-
-    def _rerank(self, query: str, hits: list[Hit], setting: tuple[Any, float]) -> list[Hit]:
-        model, weight = setting
-        if model is True:
-            raise KnowledgeBaseError(
-                "rerank=True: promptkit ships no trained reranker, and an untrained ranking head "
-                "ranks at random. " + HOW_TO_TRAIN
-            )
-        reranker = self._reranker
-        current = reranker.source if reranker is not None else None
-        if reranker is None or (
-            current is not model and not (isinstance(model, str) and current == model)
-        ):
-            reranker = self._reranker = CrossEncoderReranker(model)
-        return reranker.rerank(query, hits, weight)
-
-    def training_pairs(
-        self,
-        records: Iterable[dict[str, Any]],
-        query_field: str = "question",
-        gold_field: str = "passage_id",
-        gold_key: str = "heading",
-    ) -> list[dict[str, str]]:
-        """(query, passage) records for a retrieval or rerank task from labelled questions.
-
-        Each record names its answer's section in ``gold_field``; the passage is that section's
-        first chunk (chunks whose metadata ``gold_key`` equals the value), exactly as this
-        knowledge base stores it. Records whose section is not here are skipped with a warning.
-        """
-        import warnings
-
-        records = list(records)
-        out, missing = [], 0
-        for record in records:
-            ids = self.store.ids_matching({gold_key: record.get(gold_field)})
-            if not ids:
-                missing += 1
-                continue
-            chunks = self.store.fetch(ids).values()
-            first = min(chunks, key=lambda c: (c["source"], c["span"][0]))
-            out.append({"query": str(record[query_field]), "passage": first["text"]})
-        if missing:
-            warnings.warn(
-                f"{missing} of {len(records)} records name a {gold_key!r} this knowledge base "
-                "does not hold; they were skipped.",
-                stacklevel=2,
-            )
-        return out
-
     # ---- information --------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
@@ -728,32 +465,6 @@ class KnowledgeBase:
 
     def __repr__(self) -> str:
         return f"KnowledgeBase({json.dumps(self.stats(), default=str)})"
-
-
-def _distinct(hits: list[Hit], key: str) -> list[Hit]:
-    """The first (best) hit for each value of ``key`` (``"source"`` or a metadata field)."""
-    seen: set[Any] = set()
-    out = []
-    for hit in hits:
-        value = hit.source if key == "source" else json.dumps(hit.metadata.get(key), default=str)
-        if value not in seen:
-            seen.add(value)
-            out.append(hit)
-    return out
-
-
-def _as_document(number: int, record: Any) -> Document:
-    """A record (a string, or a dict with ``text``, optional ``source`` and metadata)."""
-    if isinstance(record, str):
-        record = {"text": record}
-    if not isinstance(record, Mapping) or not isinstance(record.get("text"), str):
-        raise KnowledgeBaseError(
-            f"Record {number} must be a string or a dict with a 'text' string."
-        )
-    meta = {k: v for k, v in record.items() if k not in ("text", "source")}
-    doc = Document(record["text"], "", meta)
-    doc.source = str(record.get("source") or f"record:{doc.content_hash[:16]}")
-    return doc
 
 
 def _close_and_remove(store: VectorStore, root: Path) -> None:

@@ -150,8 +150,9 @@ class VectorStore(ABC):
     def clear(self) -> None:
         """Remove every chunk and document (the store itself stays)."""
 
-    def optimize(self) -> None:  # noqa: B027 - a store with nothing to tune keeps the default
-        """Retrain and compact the index, where the backend has one to tune."""
+    @abstractmethod
+    def optimize(self) -> None:
+        """Retrain and compact the index (after many deletions, or to tune it afresh)."""
 
     # ---- reads --------------------------------------------------------------------------------
 
@@ -252,5 +253,6 @@ class VectorStore(ABC):
     def stats(self) -> dict[str, Any]:
         return {"store": self.name, "chunks": self.count()}
 
-    def close(self) -> None:  # noqa: B027 - nothing to release by default
+    @abstractmethod
+    def close(self) -> None:
         """Release files and connections."""

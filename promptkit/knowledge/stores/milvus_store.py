@@ -446,6 +446,12 @@ class MilvusStore(VectorStore):
         iterator.close()
         return out
 
+    def optimize(self) -> None:
+        """Seal what was written and let Milvus merge segments and drop deleted rows."""
+        if self._ready:
+            self.client.flush(self.collection)
+            self.client.compact(self.collection)
+
     def stats(self) -> dict[str, Any]:
         import os
 
