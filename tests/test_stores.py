@@ -6,6 +6,7 @@ import contextlib
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -285,7 +286,7 @@ def test_sigkill_during_add_leaves_a_searchable_consistent_store(backend, tmp_pa
 
 
 def _written() -> int:
-    for line in open("/proc/self/io").read().splitlines():
+    for line in Path("/proc/self/io").read_text().splitlines():
         if line.startswith("wchar:"):
             return int(line.split()[1])
     raise AssertionError("no /proc/self/io")
