@@ -7,9 +7,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -272,3 +273,48 @@ def check_adapter(
         "train_loss": result.train_loss,
         "trainable_params": result.trainable_params,
     }
+
+
+@contextlib.contextmanager
+def serving(
+    *paths: str | Path, options: Sequence[str] = (), env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """Run ``promptkit serve PATHS OPTIONS`` as a real process on a free port; yields its base
+    URL (``http://127.0.0.1:PORT``) once it is ready, and stops it (SIGTERM) afterwards."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "promptkit", "serve", *map(str, paths)]
+    command += ["--port", str(port), *options]
+    process = subprocess.Popen(
+        command,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if process.poll() is not None or time.time() > deadline:
+                output = process.stderr.read() if process.stderr else ""
+                raise RuntimeError(f"promptkit serve did not start: {output[-2000:]}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=60)

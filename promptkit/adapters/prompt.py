@@ -18,15 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from platformdirs import user_cache_dir
 from pydantic import Field
 
 from promptkit import models
 from promptkit.adapters.base import Adapter, AdapterConfig, FitResult, Prediction
 from promptkit.adapters.encoding import length_sorted
 from promptkit.adapters.heads import GenerationOptions, generate, heads
+from promptkit.api import APIClient, RetryPolicy, parse_spec
 from promptkit.data import read_file, write_jsonl
 from promptkit.devices import resolve_device, to_device
-from promptkit.errors import DataError
+from promptkit.errors import ConfigError, DataError
 from promptkit.templates import TruncationStats
 
 CONTENT_FREE = ("N/A", "", "[MASK]")
@@ -34,7 +36,11 @@ _MODEL_CACHE: dict[tuple[str, ...], Any] = {}
 
 
 class PromptConfig(AdapterConfig):
-    model: str | None = Field("smollm2-135m-instruct", description="A causal or seq2seq LM.")
+    model: str | dict[str, Any] | None = Field(  # type: ignore[assignment]
+        "smollm2-135m-instruct",
+        description="A causal or seq2seq LM; or an API model: 'openai:<name>' or "
+        "{provider, name, base_url, api_key_env} (generation only, for now).",
+    )
     max_length: int = Field(512, ge=8, le=32768)
     batch_size: int = Field(
         8, ge=1, description="Prompts per forward pass; scoring runs at most this many rows."
@@ -59,6 +65,15 @@ class PromptConfig(AdapterConfig):
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     stop: list[str] = Field(default_factory=lambda: ["\n\n"], description="Cut output here.")
+    max_concurrency: int = Field(8, ge=1, description="API models: requests in flight.")
+    requests_per_minute: float | None = Field(None, gt=0, description="API models: rate limit.")
+    tokens_per_minute: float | None = Field(None, gt=0, description="API models: rate limit.")
+    api_cache: str | None = Field(
+        None, description="API models: answer cache folder (default: the user cache folder)."
+    )
+    retry: RetryPolicy = Field(
+        default_factory=lambda: RetryPolicy.model_validate({}), description="API models: retries."
+    )
 
 
 @dataclass
@@ -90,7 +105,19 @@ class PromptAdapter(Adapter):
     def _ensure_model(self) -> None:
         if self._model is not None:
             return
-        source = self.config.model or ""
+        spec = parse_spec(self.config.model)
+        if spec is not None:  # an API model: no weights here, the server holds them
+            self._head = "api"
+            self._model = APIClient(
+                spec,
+                self.config.api_cache or str(user_cache_dir("promptkit") + "/api"),
+                self.config.max_concurrency,
+                self.config.requests_per_minute,
+                self.config.tokens_per_minute,
+                self.config.retry,
+            )
+            return
+        source = str(self.config.model or "")
         self._head = models.architecture_head(source)
         device = str(resolve_device(self.config.device))
         key = (models.resolve(source), self._head, device, self.config.dtype)
@@ -102,6 +129,8 @@ class PromptAdapter(Adapter):
         self._model, self._tokenizer = _MODEL_CACHE[key]
 
     def _count(self, text: str) -> int:
+        if self._head == "api":  # the server's tokenizer is not here: about 4 characters each
+            return max(1, len(text) // 4)
         return len(self._tokenizer(text, add_special_tokens=not self._uses_chat())["input_ids"])
 
     # ---- prompts ------------------------------------------------------------------------------
@@ -155,6 +184,8 @@ class PromptAdapter(Adapter):
 
     def _input_budget(self) -> int:
         """Most prompt tokens the model accepts, leaving room for the generated answer."""
+        if self._head == "api":
+            return self.config.max_length
         config = self._model.config
         limit = getattr(config, "max_position_embeddings", None) or getattr(
             config, "n_positions", None
@@ -166,7 +197,7 @@ class PromptAdapter(Adapter):
         return max(budget, 8)
 
     def _wrap_chat(self, text: str) -> str:
-        if not self._uses_chat():
+        if self._head == "api" or not self._uses_chat():  # an API applies its own chat template
             return text
         return self._tokenizer.apply_chat_template(
             [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
@@ -192,6 +223,8 @@ class PromptAdapter(Adapter):
 
     def _parameter_count(self) -> int:
         self._ensure_model()
+        if self._head == "api":
+            return 0
         return sum(p.numel() for p in self._model.parameters())
 
     def _content_free(self, demonstrations: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
@@ -226,6 +259,12 @@ class PromptAdapter(Adapter):
         ]
 
     def _predict(self, records: list[dict[str, Any]]) -> list[Prediction]:
+        self._ensure_model()
+        if self._head == "api" and self.task.kind != "generation":
+            raise ConfigError(
+                "Classification through an API model is not supported yet: use a generation "
+                "task, or a local model for verbalizer scoring."
+            )
         if self.config.shots:  # fix each input's demonstrations once, for prompt and prior alike
             records = [
                 {**r, "demonstrations": self._demos_for(i, r)} for i, r in enumerate(records)
@@ -426,6 +465,8 @@ class PromptAdapter(Adapter):
     # ---- generation ---------------------------------------------------------------------------
 
     def _generate(self, prompts: list[str]) -> list[Prediction]:
+        if self._head == "api":
+            return self._generate_api(prompts)
         options = GenerationOptions(
             max_new_tokens=self.config.max_new_tokens,
             min_new_tokens=self.config.min_new_tokens,
@@ -439,6 +480,29 @@ class PromptAdapter(Adapter):
         )
         causal = self._head == "causal_lm"
         texts = generate(self._model, self._tokenizer, prompts, options, causal=causal)
+        return [Prediction(text=t) for t in texts]
+
+    def _generate_api(self, prompts: list[str]) -> list[Prediction]:
+        """Chat completions: stop strings, max tokens, temperature and seed passed through."""
+        config = self.config
+        body: dict[str, Any] = {
+            "max_tokens": config.max_new_tokens,
+            "temperature": config.temperature if config.do_sample else 0.0,
+            "seed": config.seed,
+        }
+        if config.do_sample and config.top_p < 1:
+            body["top_p"] = config.top_p
+        if config.stop:
+            body["stop"] = list(config.stop)[:4]  # the OpenAI API takes at most four
+        answers = self._model.chat(
+            [{**body, "messages": [{"role": "user", "content": p}]} for p in prompts]
+        )
+        texts = []
+        for answer in answers:
+            text = answer["choices"][0].get("message", {}).get("content") or ""
+            for stop in config.stop:  # a server may ignore stop strings: cut here as well
+                text = text.split(stop)[0] if stop else text
+            texts.append(text.strip())
         return [Prediction(text=t) for t in texts]
 
     # ---- persistence --------------------------------------------------------------------------

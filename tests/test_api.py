@@ -1,0 +1,149 @@
+"""API-hosted models: a real OpenAI-compatible server (promptkit serve), and the faults that
+only a mocked transport can produce (429 with Retry-After, 500, timeouts, malformed JSON)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+
+import promptkit as pk
+from promptkit.api import APIClient, APIError, APISpec, RetryPolicy, parse_spec
+from promptkit.testing import serving, tiny_model, toy_generation
+
+KEY = "sk-test-7f3a9c"
+
+
+@pytest.fixture(scope="module")
+def generator_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("api") / "qa"
+    adapter = pk.create_adapter("prompt", model=tiny_model("gpt2"), max_new_tokens=4,
+                                task=pk.Task.generation(template="closed_book_qa"))
+    adapter.fit(toy_generation(8))
+    adapter.save(folder)
+    return folder
+
+
+def test_model_specs():
+    assert parse_spec("openai:gpt-4o-mini").name == "gpt-4o-mini"
+    assert parse_spec("minilm") is None and parse_spec("someone/model") is None
+    spec = parse_spec({"provider": "openai", "name": "m", "base_url": "http://h:1/v1/"})
+    assert spec.url == "http://h:1/v1" and spec.api_key_env == "OPENAI_API_KEY"
+
+
+def test_generation_through_a_real_server_is_cached_and_keeps_the_key_out(
+        generator_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("PROMPTKIT_TEST_KEY", KEY)
+    questions = [{"question": q} for q in ("what is good", "what is bad", "what is the film",
+                                           "what is the plot")] * 2
+    with serving(generator_dir, options=["--max-wait-ms", "50"],
+                 env={"PROMPTKIT_API_KEY": KEY}) as url:
+        model = {"provider": "openai", "name": "qa", "base_url": url + "/v1",
+                 "api_key_env": "PROMPTKIT_TEST_KEY"}
+        settings = {"model": model, "task": pk.Task.generation(template="closed_book_qa"),
+                    "max_new_tokens": 4, "api_cache": str(tmp_path / "cache")}
+        adapter = pk.create_adapter("prompt", **settings)
+        first = adapter.predict(questions)
+        assert len(first) == 8 and all(isinstance(p.text, str) for p in first)
+        client = adapter._model
+        assert client.calls == 4  # the repeated questions are the same request: cached
+        assert client.max_in_flight >= 2  # concurrent requests
+        again = pk.create_adapter("prompt", **settings)
+        assert [p.text for p in again.predict(questions)] == [p.text for p in first]
+        assert again._model.calls == 0  # a rerun sends nothing
+        adapter.save(tmp_path / "saved")
+        wrong = pk.create_adapter("prompt", **{**settings, "api_cache": None})
+        monkeypatch.setenv("PROMPTKIT_TEST_KEY", KEY + "-wrong")
+        with pytest.raises(APIError, match="401") as info:
+            wrong.predict([{"question": "a question nobody asked"}])
+        assert KEY not in str(info.value)
+    for path in (tmp_path / "saved").rglob("*"):
+        if path.is_file():
+            assert KEY not in path.read_text(errors="ignore"), path
+    assert KEY not in repr(adapter._model) and KEY not in repr(adapter.config)
+
+
+def _client(handler, attempts=4, **settings):
+    delays = []
+
+    async def sleep(seconds):
+        delays.append(seconds)
+
+    client = APIClient(APISpec(name="m", base_url="http://api.test/v1"),
+                       transport=httpx.MockTransport(handler), sleep=sleep,
+                       retry=RetryPolicy(attempts=attempts, initial_delay=0.5, jitter=0.0),
+                       **settings)
+    return client, delays
+
+
+def _ok(text="fine"):
+    return httpx.Response(200, json={"choices": [{"message": {"content": text}}],
+                                     "usage": {"prompt_tokens": 3, "completion_tokens": 1}})
+
+
+def test_faults_are_retried_honouring_retry_after():
+    script = [httpx.Response(429, headers={"Retry-After": "7"}), httpx.Response(500),
+              httpx.ReadTimeout("slow"), httpx.Response(200, content=b"{not json"), _ok()]
+
+    def handler(request):
+        step = script.pop(0)
+        if isinstance(step, Exception):
+            raise step
+        return step
+
+    client, delays = _client(handler, attempts=5)
+    answer = client.chat([{"messages": [{"role": "user", "content": "hi"}]}])[0]
+    assert answer["choices"][0]["message"]["content"] == "fine"
+    assert client.calls == 5 and delays == [7.0, 1.0, 2.0, 4.0]  # Retry-After, then backoff
+    assert client.usage == {"prompt_tokens": 3, "completion_tokens": 1}
+
+
+def test_a_failing_batch_keeps_what_finished(tmp_path):
+    def handler(request):
+        content = json.loads(request.content)["messages"][0]["content"]
+        return _ok(content) if content != "bad" else httpx.Response(503)
+
+    client, _ = _client(handler, cache_dir=tmp_path)
+    bodies = [{"messages": [{"role": "user", "content": c}]} for c in ("a", "bad", "b")]
+    with pytest.raises(APIError, match="failed 4 times.*run again to resume"):
+        client.chat(bodies)
+    healed, _ = _client(lambda request: _ok(json.loads(request.content)["messages"][0]["content"]),
+                        cache_dir=tmp_path)
+    answers = healed.chat(bodies)
+    assert [a["choices"][0]["message"]["content"] for a in answers] == ["a", "bad", "b"]
+    assert healed.calls == 1  # only the one that had failed
+
+
+def test_client_errors_are_not_retried():
+    client, delays = _client(lambda request: httpx.Response(400, json={"error": {
+        "message": "unknown parameter"}}))
+    with pytest.raises(APIError, match="HTTP 400.*unknown parameter"):
+        client.chat([{"messages": []}])
+    assert client.calls == 1 and delays == []
+
+
+def test_rate_limit_spaces_requests_on_a_fake_clock():
+    now = [0.0]
+
+    async def sleep(seconds):
+        now[0] += seconds
+
+    client = APIClient(APISpec(name="m", base_url="http://api.test/v1"),
+                       transport=httpx.MockTransport(lambda request: _ok()),
+                       requests_per_minute=60, clock=lambda: now[0], sleep=sleep)
+    client.chat([{"messages": [{"role": "user", "content": str(i)}]} for i in range(100)])
+    assert client.calls == 100
+    assert now[0] >= 99  # 60 in the first minute, the other 40 one per second after
+
+
+def test_concurrency_is_bounded():
+    async def handler(request):
+        await asyncio.sleep(0.01)
+        return _ok()
+
+    client = APIClient(APISpec(name="m", base_url="http://api.test/v1"),
+                       transport=httpx.MockTransport(handler), max_concurrency=3)
+    client.chat([{"messages": [{"role": "user", "content": str(i)}]} for i in range(12)])
+    assert client.max_in_flight == 3
