@@ -147,3 +147,60 @@ def test_concurrency_is_bounded():
                        transport=httpx.MockTransport(handler), max_concurrency=3)
     client.chat([{"messages": [{"role": "user", "content": str(i)}]} for i in range(12)])
     assert client.max_in_flight == 3
+
+
+def test_server_gives_first_token_logprobs_the_openai_client_reads(generator_dir):
+    openai = pytest.importorskip("openai")
+    local = pk.load_adapter(generator_dir)
+    expected = local.next_token_logprobs(["what is good"], top=5)[0]
+    with serving(generator_dir) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused")
+        answer = client.chat.completions.create(
+            model="qa", messages=[{"role": "user", "content": "what is good"}], max_tokens=1,
+            logprobs=True, top_logprobs=5)
+        with pytest.raises(openai.BadRequestError, match="max_tokens 1"):
+            client.chat.completions.create(
+                model="qa", messages=[{"role": "user", "content": "x"}], max_tokens=9,
+                logprobs=True, top_logprobs=5)
+    tops = answer.choices[0].logprobs.content[0].top_logprobs
+    assert [t.token for t in tops] == [t for t, _ in expected]
+    assert [t.logprob for t in tops] == pytest.approx([lp for _, lp in expected], abs=1e-4)
+    assert answer.choices[0].message.content == expected[0][0]
+
+
+class _Answers:
+    """Stands in for the API client in a scoring-logic test: fixed top_logprobs per prompt."""
+
+    def __init__(self, tops):
+        self.tops, self.bodies = tops, []
+
+    def chat(self, bodies):
+        self.bodies += bodies
+        return [{"choices": [{"logprobs": {"content": [{"top_logprobs": [
+            {"token": t, "logprob": lp} for t, lp in self.tops]}]}}]} for _ in bodies]
+
+
+def test_first_token_scoring_reads_label_words_from_top_logprobs():
+    import math
+
+    task = pk.Task.classification(["negative", "positive"], template="sentiment")
+    adapter = pk.create_adapter("prompt", model="openai:gpt-test", task=task)
+    adapter._head = "api"
+    adapter._model = _Answers([(" Pos", math.log(0.6)), ("neg", math.log(0.2)),
+                               ("The", math.log(0.1))])
+    prediction = adapter.predict(["a fine film"])[0]
+    assert prediction.label == "positive"
+    words = task.template_obj.label_words(task.labels)  # a label is the mean of its words
+
+    def mean(label, listed):  # words no listed token starts get the floor: 0.1 / 2
+        return sum(listed if w.lower().startswith(("pos", "neg")) else 0.05
+                   for w in words[label]) / len(words[label])
+
+    positive, negative = mean("positive", 0.6), mean("negative", 0.2)
+    assert prediction.scores["positive"] == pytest.approx(positive / (positive + negative))
+    body = adapter._model.bodies[0]
+    assert body["max_tokens"] == 1 and body["logprobs"] and body["top_logprobs"] == 20
+    adapter._model = _Answers([])
+    adapter._model.chat = lambda bodies: [{"choices": [{"message": {"content": "x"}}]}]
+    with pytest.raises(pk.errors.ConfigError, match="top_logprobs"):
+        adapter.predict(["a fine film"])

@@ -35,11 +35,14 @@ CONTENT_FREE = ("N/A", "", "[MASK]")
 _MODEL_CACHE: dict[tuple[str, ...], Any] = {}
 
 
+API_TOP_LOGPROBS = 20  # OpenAI's maximum
+
+
 class PromptConfig(AdapterConfig):
     model: str | dict[str, Any] | None = Field(  # type: ignore[assignment]
         "smollm2-135m-instruct",
         description="A causal or seq2seq LM; or an API model: 'openai:<name>' or "
-        "{provider, name, base_url, api_key_env} (generation only, for now).",
+        "{provider, name, base_url, api_key_env}.",
     )
     max_length: int = Field(512, ge=8, le=32768)
     batch_size: int = Field(
@@ -204,7 +207,41 @@ class PromptAdapter(Adapter):
         )
 
     def _uses_chat(self) -> bool:
+        if self._head == "api":  # the server applies the model's chat template
+            return self.config.chat
         return bool(self.config.chat and getattr(self._tokenizer, "chat_template", None))
+
+    def next_token_logprobs(self, texts: list[str], top: int = 20) -> list[list[tuple[str, float]]]:
+        """The ``top`` likeliest first tokens of the answer to each raw message (the model's
+        chat template applied, no task template), with log-probabilities — what an
+        OpenAI-compatible server returns as ``top_logprobs``."""
+        import torch
+
+        self._ensure_model()
+        if self._head != "causal_lm":
+            raise ConfigError("Token log-probabilities need a causal LM.")
+        tokenizer = self._tokenizer
+        prompts = [self._wrap_chat(t) for t in texts]
+        out: list[list[tuple[str, float]]] = []
+        with torch.inference_mode():
+            for start in range(0, len(prompts), self.config.batch_size):
+                part = prompts[start : start + self.config.batch_size]
+                rows = [tokenizer(p, add_special_tokens=not self._uses_chat())["input_ids"]
+                        for p in part]  # fmt: skip
+                width = max(len(r) for r in rows)
+                pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+                ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+                mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+                device = next(self._model.parameters()).device
+                logits = self._model(
+                    input_ids=ids.to(device), attention_mask=mask.to(device)
+                ).logits
+                last = logits[torch.arange(len(rows)), mask.sum(1) - 1].float()
+                values, indices = torch.log_softmax(last, dim=-1).topk(min(top, last.shape[-1]))
+                for value_row, index_row in zip(values.tolist(), indices.tolist(), strict=True):
+                    out.append([(tokenizer.decode([i]), v)
+                                for i, v in zip(index_row, value_row, strict=True)])  # fmt: skip
+        return out
 
     # ---- adapter hooks ------------------------------------------------------------------------
 
@@ -260,11 +297,6 @@ class PromptAdapter(Adapter):
 
     def _predict(self, records: list[dict[str, Any]]) -> list[Prediction]:
         self._ensure_model()
-        if self._head == "api" and self.task.kind != "generation":
-            raise ConfigError(
-                "Classification through an API model is not supported yet: use a generation "
-                "task, or a local model for verbalizer scoring."
-            )
         if self.config.shots:  # fix each input's demonstrations once, for prompt and prior alike
             records = [
                 {**r, "demonstrations": self._demos_for(i, r)} for i, r in enumerate(records)
@@ -304,6 +336,9 @@ class PromptAdapter(Adapter):
         import torch
 
         words = self._label_words()
+        if self._head == "api":
+            rows = self._score_api(prompts, [w for _, w in words])
+            return [self._per_label(row, [label for label, _ in words]) for row in rows]
         score = self._score_seq2seq if self._head == "seq2seq_lm" else self._score_causal
         order = length_sorted(prompts, len)
         word_scores: list[list[float]] = [[] for _ in prompts]
@@ -314,6 +349,34 @@ class PromptAdapter(Adapter):
                 for i, row in zip(indices, rows, strict=True):
                     word_scores[i] = row
         return [self._per_label(row, [label for label, _ in words]) for row in word_scores]
+
+    def _score_api(self, prompts: list[str], words: list[str]) -> list[list[float]]:
+        """First-token scoring over an API: one request per prompt for the ``top_logprobs`` of
+        the answer's first token; a word scores the best log-probability of a listed token it
+        starts with (a word no listed token starts gets the lowest listed one, less log 2)."""
+        answers = self._model.chat(
+            [{"messages": [{"role": "user", "content": p}], "max_tokens": 1,
+              "temperature": 0.0, "logprobs": True, "top_logprobs": API_TOP_LOGPROBS}
+             for p in prompts]
+        )  # fmt: skip
+        rows = []
+        for answer in answers:
+            try:
+                listed = answer["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+                tops = [(str(t["token"]).strip().lower(), float(t["logprob"])) for t in listed]
+            except (KeyError, IndexError, TypeError) as exc:
+                raise ConfigError(
+                    "The API returned no top_logprobs, which verbalizer scoring needs; this "
+                    "server cannot classify by label-word probabilities."
+                ) from exc
+            floor = min(lp for _, lp in tops) - math.log(2) if tops else -50.0
+            row = []
+            for word in words:
+                target = word.strip().lower()
+                found = [lp for token, lp in tops if token and target.startswith(token)]
+                row.append(max(found) if found else floor)
+            rows.append(row)
+        return rows
 
     def _per_label(self, row: list[float], owners: list[int]) -> list[float]:
         per_label: list[list[float]] = [[] for _ in self.task.labels]

@@ -39,6 +39,9 @@ class ChatBody(_Body):
     model: str
     messages: list[Message] = Field(min_length=1)
     stream: bool = False
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    max_tokens: int | None = Field(None, ge=1)
 
 
 class EmbeddingBody(_Body):
@@ -164,6 +167,8 @@ def add_routes(app: Any, server: Server) -> None:
     @app.post("/v1/chat/completions")
     async def chat(body: ChatBody, request: Request) -> Response:
         prompt = _chat_text(body.messages)
+        if body.logprobs and body.top_logprobs:
+            return await _first_token(server, body, prompt, request)
         served, predictions = await generate(body.model, [prompt], "chat", request)
         ident, created = completion_id("chatcmpl"), int(time.time())
         if body.stream:
@@ -268,6 +273,35 @@ def add_routes(app: Any, server: Server) -> None:
         from promptkit.serve.page import monitor_html
 
         return HTMLResponse(monitor_html(await settled()))
+
+
+async def _first_token(server: Server, body: ChatBody, prompt: str, request: Request) -> Response:
+    """The answer's first token with its ``top_logprobs`` (what verbalizer scoring over an API
+    asks for); with ``max_tokens`` 1 that token is the whole answer."""
+    import asyncio
+
+    served = server.model(body.model, "generation")
+    request.state.model = served.name
+    scorer = getattr(served.adapter, "next_token_logprobs", None)
+    if scorer is None:
+        raise RequestError(400, f"Model {served.name!r} cannot give token log-probabilities.")
+    if body.max_tokens not in (None, 1):
+        raise RequestError(400, "logprobs are given for the first token only: set max_tokens 1.")
+    server.records(served, [prompt])  # the input limits
+    tops = (await asyncio.to_thread(scorer, [prompt], body.top_logprobs))[0]
+
+    def entry(token: str, logprob: float) -> dict[str, Any]:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
+
+    first = {**entry(*tops[0]), "top_logprobs": [entry(t, lp) for t, lp in tops]}
+    return JSONResponse({
+        "id": completion_id("chatcmpl"), "object": "chat.completion", "created": int(time.time()),
+        "model": served.name,
+        "choices": [{"index": 0, "finish_reason": "length", "logprobs": {"content": [first]},
+                     "message": {"role": "assistant", "content": tops[0][0]}}],
+        "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": 1,
+                  "total_tokens": len(prompt.split()) + 1},
+    })  # fmt: skip
 
 
 def _knowledge(server: Server, name: Any) -> Any:
