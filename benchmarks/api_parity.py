@@ -4,8 +4,8 @@
 
 Serves SmolLM2-135M-Instruct with ``promptkit serve`` (a real server process), then classifies
 the first ``--n`` Rotten Tomatoes test reviews with the ``sentiment`` template twice: locally
-(label-word log-probabilities from the model) and through the API (first-token
-``top_logprobs``). Reports both accuracies with 95% bootstrap intervals, their agreement, the
+(label-word log-probabilities from the model, no chat template) and through the API (the same
+label words scored from the server's echoed prompt log-probabilities). Reports both accuracies with 95% bootstrap intervals, their agreement, the
 HTTP calls of a first and a second (cached) run; writes benchmarks/results/api_parity.json.
 """
 
@@ -40,7 +40,9 @@ def main() -> None:
                              task=pk.Task.generation(template="closed_book_qa"))
     base.save(work / "smollm2")
     started = time.perf_counter()
-    local = pk.create_adapter("prompt", model="smollm2-135m-instruct", task=task)
+    # an OpenAI-compatible server scores a completion prompt as raw text, so the local
+    # reference scores it without the chat template too: the same measurement on both sides
+    local = pk.create_adapter("prompt", model="smollm2-135m-instruct", task=task, chat=False)
     report = {"local": evaluator.evaluate(local, reviews, name="local")["local"]}
     local_s = time.perf_counter() - started
     with serving(work / "smollm2", options=["--name", "smollm2"]) as url:
@@ -64,8 +66,8 @@ def main() -> None:
         <= report["api"].metrics["accuracy"].value <= report["local"].metrics["accuracy"].high,
         "agreement": sum(a == b for a, b in zip(local_labels, api_labels, strict=True))
         / len(reviews),
-        "scoring": {"local": "label-word log-probabilities (mean over tokens)",
-                    "api": "first-token top_logprobs (20)"},
+        "scoring": {"local": "label-word log-probabilities (mean over tokens), no chat template",
+                    "api": f"{remote.scoring_mode_} (echoed prompt log-probabilities)"},
         "seconds": {"local": local_s, "api": api_s},
         "http_calls": {"first_run": first_calls, "second_run": second_calls},
         "second_run_identical": [p.label for p in repeat] == api_labels,

@@ -167,9 +167,13 @@ class APIClient:
 
     def chat(self, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Answers to chat-completion request bodies (``model`` is filled in), in order."""
-        return asyncio.run(self._all(bodies))
+        return asyncio.run(self._all(bodies, "/chat/completions"))
 
-    async def _all(self, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def complete(self, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Answers to (legacy) completion request bodies, in order."""
+        return asyncio.run(self._all(bodies, "/completions"))
+
+    async def _all(self, bodies: list[dict[str, Any]], endpoint: str) -> list[dict[str, Any]]:
         import httpx
 
         semaphore = asyncio.Semaphore(self.max_concurrency)
@@ -184,7 +188,7 @@ class APIClient:
 
             async def one(body: dict[str, Any]) -> dict[str, Any]:
                 async with semaphore:
-                    return await self._one(http, body)
+                    return await self._one(http, body, endpoint)
 
             full = [{**body, "model": self.spec.name} for body in bodies]
             unique = {json.dumps(b, sort_keys=True): b for b in full}  # never pay twice
@@ -192,15 +196,17 @@ class APIClient:
             by_body = dict(zip(unique, answers, strict=True))
             return [by_body[json.dumps(b, sort_keys=True)] for b in full]
 
-    async def _one(self, http: Any, body: dict[str, Any]) -> dict[str, Any]:
+    async def _one(self, http: Any, body: dict[str, Any], endpoint: str) -> dict[str, Any]:
         import httpx
 
-        endpoint = "/chat/completions"
         key = self.cache.key(self.spec.url + endpoint, body)
         cached = self.cache.get(key)
         if cached is not None:
             return cached
-        tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
+        texts = [str(m.get("content", "")) for m in body.get("messages", [])]
+        prompt = body.get("prompt", [])
+        texts += prompt if isinstance(prompt, list) else [str(prompt)]
+        tokens = sum(len(t.split()) for t in texts)
         delay, problem = self.retry.initial_delay, "no attempt was made"
         for attempt in range(self.retry.attempts):
             await self.limiter.wait(tokens + int(body.get("max_tokens") or 0))

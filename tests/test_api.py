@@ -11,7 +11,7 @@ import pytest
 
 import promptkit as pk
 from promptkit.api import APIClient, APIError, APISpec, RetryPolicy, parse_spec
-from promptkit.testing import serving, tiny_model, toy_generation
+from promptkit.testing import serving, tiny_model, toy_classification, toy_generation
 
 KEY = "sk-test-7f3a9c"
 
@@ -184,7 +184,8 @@ def test_first_token_scoring_reads_label_words_from_top_logprobs():
     import math
 
     task = pk.Task.classification(["negative", "positive"], template="sentiment")
-    adapter = pk.create_adapter("prompt", model="openai:gpt-test", task=task)
+    adapter = pk.create_adapter("prompt", model="openai:gpt-test", task=task,
+                                api_scoring="first_token")
     adapter._head = "api"
     adapter._model = _Answers([(" Pos", math.log(0.6)), ("neg", math.log(0.2)),
                                ("The", math.log(0.1))])
@@ -204,3 +205,19 @@ def test_first_token_scoring_reads_label_words_from_top_logprobs():
     adapter._model.chat = lambda bodies: [{"choices": [{"message": {"content": "x"}}]}]
     with pytest.raises(pk.errors.ConfigError, match="top_logprobs"):
         adapter.predict(["a fine film"])
+
+
+def test_whole_label_words_are_scored_from_echoed_prompt_logprobs_as_locally(generator_dir):
+    task = pk.Task.classification(["negative", "positive"], template="sentiment")
+    texts = [r["text"] for r in toy_classification(12, seed=4)]
+    local = pk.create_adapter("prompt", model=tiny_model("gpt2"), task=task, chat=False)
+    expected = local.predict(texts)
+    with serving(generator_dir) as url:
+        remote = pk.create_adapter(
+            "prompt", task=task, api_cache=None, api_scoring="echo",
+            model={"provider": "openai", "name": "qa", "base_url": url + "/v1"})
+        got = remote.predict(texts)
+    assert remote.scoring_mode_ == "echo"
+    assert [p.label for p in got] == [p.label for p in expected]
+    for a, b in zip(got, expected, strict=True):
+        assert a.scores["positive"] == pytest.approx(b.scores["positive"], abs=1e-4)

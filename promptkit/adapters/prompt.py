@@ -25,7 +25,7 @@ from promptkit import models
 from promptkit.adapters.base import Adapter, AdapterConfig, FitResult, Prediction
 from promptkit.adapters.encoding import length_sorted
 from promptkit.adapters.heads import GenerationOptions, generate, heads
-from promptkit.api import APIClient, RetryPolicy, parse_spec
+from promptkit.api import APIClient, APIError, RetryPolicy, parse_spec
 from promptkit.data import read_file, write_jsonl
 from promptkit.devices import resolve_device, to_device
 from promptkit.errors import ConfigError, DataError
@@ -74,6 +74,12 @@ class PromptConfig(AdapterConfig):
     api_cache: str | None = Field(
         None, description="API models: answer cache folder (default: the user cache folder)."
     )
+    api_scoring: Literal["auto", "echo", "first_token"] = Field(
+        "auto",
+        description="API classification: 'echo' scores whole label words from the server's "
+        "prompt log-probabilities, 'first_token' from the answer's top_logprobs; 'auto' uses "
+        "echo where the server supports it.",
+    )
     retry: RetryPolicy = Field(
         default_factory=lambda: RetryPolicy.model_validate({}), description="API models: retries."
     )
@@ -102,6 +108,7 @@ class PromptAdapter(Adapter):
         self._model: Any = None
         self._tokenizer: Any = None
         self._head = ""
+        self.scoring_mode_: str | None = None  # API classification: how label words were scored
 
     # ---- model --------------------------------------------------------------------------------
 
@@ -210,6 +217,33 @@ class PromptAdapter(Adapter):
         if self._head == "api":  # the server applies the model's chat template
             return self.config.chat
         return bool(self.config.chat and getattr(self._tokenizer, "chat_template", None))
+
+    def prompt_logprobs(
+        self, texts: list[str]
+    ) -> list[tuple[list[str], list[float | None], list[int]]]:
+        """Per text: its tokens, each token's log-probability given those before it (None for
+        the first) and each token's character offset — an OpenAI server's ``echo`` logprobs."""
+        import torch
+
+        self._ensure_model()
+        if self._head != "causal_lm":
+            raise ConfigError("Prompt log-probabilities need a causal LM.")
+        tokenizer, out = self._tokenizer, []
+        device = next(self._model.parameters()).device
+        with torch.inference_mode():
+            for text in texts:
+                encoded = tokenizer(text, add_special_tokens=not self._uses_chat(),
+                                    return_offsets_mapping=True)  # fmt: skip
+                ids = encoded["input_ids"]
+                logits = self._model(input_ids=torch.tensor([ids], device=device)).logits[0]
+                logprobs = torch.log_softmax(logits.float(), dim=-1)
+                values: list[float | None] = [None] + [
+                    float(logprobs[i - 1, ids[i]]) for i in range(1, len(ids))
+                ]
+                tokens = [tokenizer.decode([i]) for i in ids]
+                offsets = [int(start) for start, _ in encoded["offset_mapping"]]
+                out.append((tokens, values, offsets))
+        return out
 
     def next_token_logprobs(self, texts: list[str], top: int = 20) -> list[list[tuple[str, float]]]:
         """The ``top`` likeliest first tokens of the answer to each raw message (the model's
@@ -339,6 +373,7 @@ class PromptAdapter(Adapter):
         if self._head == "api":
             rows = self._score_api(prompts, [w for _, w in words])
             return [self._per_label(row, [label for label, _ in words]) for row in rows]
+
         score = self._score_seq2seq if self._head == "seq2seq_lm" else self._score_causal
         order = length_sorted(prompts, len)
         word_scores: list[list[float]] = [[] for _ in prompts]
@@ -351,6 +386,49 @@ class PromptAdapter(Adapter):
         return [self._per_label(row, [label for label, _ in words]) for row in word_scores]
 
     def _score_api(self, prompts: list[str], words: list[str]) -> list[list[float]]:
+        """Label-word scores over an API, by the scoring mode the settings and server allow."""
+        mode = self.config.api_scoring
+        if mode in ("auto", "echo"):
+            try:
+                rows = self._score_echo(prompts, words)
+                self.scoring_mode_ = "echo"
+                return rows
+            except (APIError, ConfigError) as exc:
+                if mode == "echo":
+                    raise
+                import warnings
+
+                warnings.warn(
+                    f"The server gives no prompt log-probabilities ({str(exc)[:120]}); label "
+                    "words are scored from the first answer token instead, which is not the "
+                    "same measurement.",
+                    stacklevel=3,
+                )
+        self.scoring_mode_ = "first_token"
+        return self._score_first_token(prompts, words)
+
+    def _score_echo(self, prompts: list[str], words: list[str]) -> list[list[float]]:
+        """Whole label words, as locally: one completion request per input echoing the prompt
+        followed by each word; a word scores its tokens' log-probabilities (sum or mean)."""
+        answers = self._model.complete(
+            [{"prompt": [p + w for w in words], "max_tokens": 0, "echo": True, "logprobs": 0}
+             for p in prompts]
+        )  # fmt: skip
+        rows = []
+        for prompt, answer in zip(prompts, answers, strict=True):
+            row = []
+            for choice in answer["choices"]:
+                logprobs = choice.get("logprobs") or {}
+                offsets, values = logprobs.get("text_offset"), logprobs.get("token_logprobs")
+                if not offsets or not values:
+                    raise ConfigError("The server returned no prompt log-probabilities.")
+                mine = [v for o, v in zip(offsets, values, strict=True)
+                        if o >= len(prompt) and v is not None]  # fmt: skip
+                row.append(self._normalize(sum(mine), len(mine)) if mine else -50.0)
+            rows.append(row)
+        return rows
+
+    def _score_first_token(self, prompts: list[str], words: list[str]) -> list[list[float]]:
         """First-token scoring over an API: one request per prompt for the ``top_logprobs`` of
         the answer's first token; a word scores the best log-probability of a listed token it
         starts with (a word no listed token starts gets the lowest listed one, less log 2)."""

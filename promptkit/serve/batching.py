@@ -146,6 +146,11 @@ class Batcher:
                 pending.future.set_result(mine)
             position += count
 
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` on the model's thread, between batches (never two model calls at
+        once: they would only fight over the same cores)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
     async def drain(self) -> None:
         """Wait until every queued input has been answered."""
         while self.waiting or self.busy:

@@ -28,6 +28,9 @@ class CompletionBody(_Body):
     model: str
     prompt: str | list[str]
     stream: bool = False
+    echo: bool = False
+    logprobs: int | None = Field(None, ge=0, le=5)
+    max_tokens: int | None = Field(None, ge=0)
 
 
 class Message(_Body):
@@ -132,6 +135,8 @@ def add_routes(app: Any, server: Server) -> None:
     @app.post("/v1/completions")
     async def completions(body: CompletionBody, request: Request) -> Response:
         prompts = body.prompt if isinstance(body.prompt, list) else [body.prompt]
+        if body.echo and body.logprobs is not None:
+            return await _echo(server, body, prompts, request)
         served, predictions = await generate(body.model, prompts, "completions", request)
         ident, created = completion_id("cmpl"), int(time.time())
         if body.stream:
@@ -278,8 +283,6 @@ def add_routes(app: Any, server: Server) -> None:
 async def _first_token(server: Server, body: ChatBody, prompt: str, request: Request) -> Response:
     """The answer's first token with its ``top_logprobs`` (what verbalizer scoring over an API
     asks for); with ``max_tokens`` 1 that token is the whole answer."""
-    import asyncio
-
     served = server.model(body.model, "generation")
     request.state.model = served.name
     scorer = getattr(served.adapter, "next_token_logprobs", None)
@@ -288,7 +291,7 @@ async def _first_token(server: Server, body: ChatBody, prompt: str, request: Req
     if body.max_tokens not in (None, 1):
         raise RequestError(400, "logprobs are given for the first token only: set max_tokens 1.")
     server.records(served, [prompt])  # the input limits
-    tops = (await asyncio.to_thread(scorer, [prompt], body.top_logprobs))[0]
+    tops = (await served.batcher.call(scorer, [prompt], body.top_logprobs))[0]
 
     def entry(token: str, logprob: float) -> dict[str, Any]:
         return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
@@ -301,6 +304,33 @@ async def _first_token(server: Server, body: ChatBody, prompt: str, request: Req
                      "message": {"role": "assistant", "content": tops[0][0]}}],
         "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": 1,
                   "total_tokens": len(prompt.split()) + 1},
+    })  # fmt: skip
+
+
+async def _echo(server: Server, body: CompletionBody, prompts: list[str], request: Request
+                ) -> Response:  # fmt: skip
+    """The log-probability of every prompt token (``echo`` with ``max_tokens`` 0): what scoring
+    whole label words over an API asks for."""
+    served = server.model(body.model, "generation")
+    request.state.model = served.name
+    scorer = getattr(served.adapter, "prompt_logprobs", None)
+    if scorer is None:
+        raise RequestError(400, f"Model {served.name!r} cannot give prompt log-probabilities.")
+    if body.max_tokens not in (None, 0):
+        raise RequestError(400, "echo with logprobs scores the prompt only: set max_tokens 0.")
+    server.records(served, prompts)  # the input limits
+    scored = await served.batcher.call(scorer, prompts)
+    choices = [
+        {"index": i, "text": prompt, "finish_reason": "length",
+         "logprobs": {"tokens": tokens, "token_logprobs": values, "text_offset": offsets,
+                      "top_logprobs": None}}
+        for i, (prompt, (tokens, values, offsets)) in enumerate(zip(prompts, scored, strict=True))
+    ]  # fmt: skip
+    count = sum(len(tokens) for tokens, _, _ in scored)
+    return JSONResponse({
+        "id": completion_id("cmpl"), "object": "text_completion", "created": int(time.time()),
+        "model": served.name, "choices": choices,
+        "usage": {"prompt_tokens": count, "completion_tokens": 0, "total_tokens": count},
     })  # fmt: skip
 
 
