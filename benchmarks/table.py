@@ -110,6 +110,14 @@ def write_table(folder: Path) -> Path:
         row("… traffic switching to Reuters news: alarm within one window",
             f"{dr['detection_within_one_window']:.0%} of {dr['trials']} trials", "≥ 90%",
             dr["detection_within_one_window"] >= 0.9)
+    if ap := _load(folder, "api_parity"):
+        local, api = ap["local"], ap["api"]
+        row(f"zero-shot sentiment through the API ({ap['reviews']} reviews, promptkit serve, "
+            f"{ap['scoring']['api'].split(' ')[0]} scoring) vs the same model locally",
+            f"{api['value']:.3f} vs {local['value']:.3f} [{local['low']:.3f}, "
+            f"{local['high']:.3f}]; agreement {ap['agreement']:.0%}; rerun "
+            f"{ap['http_calls']['second_run']} HTTP calls", "inside the local interval",
+            ap["api_within_local_interval"])
     text = "\n".join(lines) + "\n"
     if q := _load(folder, "quality"):
         text += (f"\nRotten Tomatoes test accuracy and macro-F1 on {q['test_examples']:,} test "
