@@ -177,8 +177,9 @@ ECE_BINS = 15
 
 def _ece_stats(batch: ClassificationBatch) -> np.ndarray:
     assert batch.scores is not None
-    confidence = batch.scores.max(1)
-    correct = (batch.scores.argmax(1) == batch.refs).astype(np.float64)
+    probs = batch.scores / batch.scores.sum(1, keepdims=True)  # scores need not sum to 1
+    confidence = np.clip(probs.max(1), 0.0, 1.0)
+    correct = (probs.argmax(1) == batch.refs).astype(np.float64)
     bins = np.minimum((confidence * ECE_BINS).astype(int), ECE_BINS - 1)
     stats = np.zeros((len(batch.refs), ECE_BINS * 3))
     rows = np.arange(len(batch.refs))

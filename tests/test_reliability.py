@@ -158,7 +158,7 @@ def test_write_error_mid_save_keeps_previous(tmp_path, tiny_bert, monkeypatch):
 
 # ---- fuzzing -----------------------------------------------------------------------------------
 
-FUZZ = settings(max_examples=150, deadline=None,
+FUZZ = settings(max_examples=150, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 

@@ -170,7 +170,10 @@ def load_jsonl(text: str, name: str) -> list[tuple[str, dict[str, Any]]]:
 
 
 def load_csv(text: str, name: str) -> list[tuple[str, dict[str, Any]]]:
-    return _table(csv.DictReader(io.StringIO(text)), name)
+    try:  # newline="" lets the csv module see quoted line breaks and stray carriage returns
+        return _table(csv.DictReader(io.StringIO(text, newline="")), name)
+    except csv.Error as exc:
+        raise KnowledgeBaseError(f"{name} is not a readable CSV file ({exc}).") from exc
 
 
 loaders.register(".txt", load_text)
