@@ -9,11 +9,11 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import pytest
 from hypothesis import settings
 
+from promptkit.testing import tiny_model, toy_classification, toy_generation
+
 # property tests draw the same cases on every run: a test suite must not pass or fail by chance
 settings.register_profile("promptkit", derandomize=True)
 settings.load_profile("promptkit")
-
-from promptkit.testing import tiny_model, toy_classification, toy_generation
 
 
 @pytest.fixture(scope="session")
