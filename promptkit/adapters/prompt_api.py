@@ -1,0 +1,195 @@
+"""The prompt adapter's API side: scoring and generating through an OpenAI-compatible server
+(:class:`OverAPI`), and the token log-probabilities a server gives such a client
+(:class:`TokenLogprobs`, used by ``promptkit serve``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+from promptkit.adapters.base import Prediction
+from promptkit.api import APIError
+from promptkit.errors import ConfigError
+
+API_TOP_LOGPROBS = 20  # OpenAI's maximum
+
+
+class OverAPI:
+    """Classification and generation when the prompt adapter's model is an API."""
+
+    config: Any
+    _model: Any
+    scoring_mode_: str | None
+
+    if TYPE_CHECKING:
+
+        def _normalize(self, total: float, length: int) -> float: ...
+
+    def _score_api(self, prompts: list[str], words: list[str]) -> list[list[float]]:
+        """Label-word scores over an API, by the scoring mode the settings and server allow."""
+        mode = self.config.api_scoring
+        if mode in ("auto", "echo"):
+            try:
+                rows = self._score_echo(prompts, words)
+                self.scoring_mode_ = "echo"
+                return rows
+            except (APIError, ConfigError) as exc:
+                if mode == "echo":
+                    raise
+                import warnings
+
+                warnings.warn(
+                    f"The server gives no prompt log-probabilities ({str(exc)[:120]}); label "
+                    "words are scored from the first answer token instead, which is not the "
+                    "same measurement.",
+                    stacklevel=3,
+                )
+        self.scoring_mode_ = "first_token"
+        return self._score_first_token(prompts, words)
+
+    def _score_echo(self, prompts: list[str], words: list[str]) -> list[list[float]]:
+        """Whole label words, as locally: one completion request per input echoing the prompt
+        followed by each word; a word scores its tokens' log-probabilities (sum or mean)."""
+        answers = self._model.complete(
+            [{"prompt": [p + w for w in words], "max_tokens": 0, "echo": True, "logprobs": 0}
+             for p in prompts]
+        )  # fmt: skip
+        rows = []
+        for prompt, answer in zip(prompts, answers, strict=True):
+            row = []
+            for choice in answer["choices"]:
+                logprobs = choice.get("logprobs") or {}
+                offsets, values = logprobs.get("text_offset"), logprobs.get("token_logprobs")
+                if not offsets or not values:
+                    raise ConfigError("The server returned no prompt log-probabilities.")
+                mine = [v for o, v in zip(offsets, values, strict=True)
+                        if o >= len(prompt) and v is not None]  # fmt: skip
+                row.append(self._normalize(sum(mine), len(mine)) if mine else -50.0)
+            rows.append(row)
+        return rows
+
+    def _score_first_token(self, prompts: list[str], words: list[str]) -> list[list[float]]:
+        """First-token scoring over an API: one request per prompt for the ``top_logprobs`` of
+        the answer's first token; a word scores the best log-probability of a listed token it
+        starts with (a word no listed token starts gets the lowest listed one, less log 2)."""
+        answers = self._model.chat(
+            [{"messages": [{"role": "user", "content": p}], "max_tokens": 1,
+              "temperature": 0.0, "logprobs": True, "top_logprobs": API_TOP_LOGPROBS}
+             for p in prompts]
+        )  # fmt: skip
+        rows = []
+        for answer in answers:
+            try:
+                listed = answer["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+                tops = [(str(t["token"]).strip().lower(), float(t["logprob"])) for t in listed]
+            except (KeyError, IndexError, TypeError) as exc:
+                raise ConfigError(
+                    "The API returned no top_logprobs, which verbalizer scoring needs; this "
+                    "server cannot classify by label-word probabilities."
+                ) from exc
+            floor = min(lp for _, lp in tops) - math.log(2) if tops else -50.0
+            row = []
+            for word in words:
+                target = word.strip().lower()
+                found = [lp for token, lp in tops if token and target.startswith(token)]
+                row.append(max(found) if found else floor)
+            rows.append(row)
+        return rows
+
+    def _generate_api(self, prompts: list[str]) -> list[Prediction]:
+        """Chat completions: stop strings, max tokens, temperature and seed passed through."""
+        config = self.config
+        body: dict[str, Any] = {
+            "max_tokens": config.max_new_tokens,
+            "temperature": config.temperature if config.do_sample else 0.0,
+            "seed": config.seed,
+        }
+        if config.do_sample and config.top_p < 1:
+            body["top_p"] = config.top_p
+        if config.stop:
+            body["stop"] = list(config.stop)[:4]  # the OpenAI API takes at most four
+        answers = self._model.chat(
+            [{**body, "messages": [{"role": "user", "content": p}]} for p in prompts]
+        )
+        texts = []
+        for answer in answers:
+            text = answer["choices"][0].get("message", {}).get("content") or ""
+            for stop in config.stop:  # a server may ignore stop strings: cut here as well
+                text = text.split(stop)[0] if stop else text
+            texts.append(text.strip())
+        return [Prediction(text=t) for t in texts]
+
+
+class TokenLogprobs:
+    """What an OpenAI-compatible server returns as ``logprobs``, from a local causal LM."""
+
+    config: Any
+    _model: Any
+    _tokenizer: Any
+    _head: str
+
+    if TYPE_CHECKING:
+
+        def _ensure_model(self) -> None: ...
+        def _wrap_chat(self, text: str) -> str: ...
+        def _uses_chat(self) -> bool: ...
+
+    def prompt_logprobs(
+        self, texts: list[str]
+    ) -> list[tuple[list[str], list[float | None], list[int]]]:
+        """Per text: its tokens, each token's log-probability given those before it (None for
+        the first) and each token's character offset — an OpenAI server's ``echo`` logprobs."""
+        import torch
+
+        self._ensure_model()
+        if self._head != "causal_lm":
+            raise ConfigError("Prompt log-probabilities need a causal LM.")
+        tokenizer, out = self._tokenizer, []
+        device = next(self._model.parameters()).device
+        with torch.inference_mode():
+            for text in texts:
+                encoded = tokenizer(text, add_special_tokens=not self._uses_chat(),
+                                    return_offsets_mapping=True)  # fmt: skip
+                ids = encoded["input_ids"]
+                logits = self._model(input_ids=torch.tensor([ids], device=device)).logits[0]
+                logprobs = torch.log_softmax(logits.float(), dim=-1)
+                values: list[float | None] = [None] + [
+                    float(logprobs[i - 1, ids[i]]) for i in range(1, len(ids))
+                ]
+                tokens = [tokenizer.decode([i]) for i in ids]
+                offsets = [int(start) for start, _ in encoded["offset_mapping"]]
+                out.append((tokens, values, offsets))
+        return out
+
+    def next_token_logprobs(self, texts: list[str], top: int = 20) -> list[list[tuple[str, float]]]:
+        """The ``top`` likeliest first tokens of the answer to each raw message (the model's
+        chat template applied, no task template), with log-probabilities — what an
+        OpenAI-compatible server returns as ``top_logprobs``."""
+        import torch
+
+        self._ensure_model()
+        if self._head != "causal_lm":
+            raise ConfigError("Token log-probabilities need a causal LM.")
+        tokenizer = self._tokenizer
+        prompts = [self._wrap_chat(t) for t in texts]
+        out: list[list[tuple[str, float]]] = []
+        with torch.inference_mode():
+            for start in range(0, len(prompts), self.config.batch_size):
+                part = prompts[start : start + self.config.batch_size]
+                rows = [tokenizer(p, add_special_tokens=not self._uses_chat())["input_ids"]
+                        for p in part]  # fmt: skip
+                width = max(len(r) for r in rows)
+                pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+                ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+                mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+                device = next(self._model.parameters()).device
+                logits = self._model(
+                    input_ids=ids.to(device), attention_mask=mask.to(device)
+                ).logits
+                last = logits[torch.arange(len(rows)), mask.sum(1) - 1].float()
+                values, indices = torch.log_softmax(last, dim=-1).topk(min(top, last.shape[-1]))
+                for value_row, index_row in zip(values.tolist(), indices.tolist(), strict=True):
+                    out.append([(tokenizer.decode([i]), v)
+                                for i, v in zip(index_row, value_row, strict=True)])  # fmt: skip
+        return out
