@@ -18,15 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from platformdirs import user_cache_dir
 from pydantic import Field
 
 from promptkit import models
 from promptkit.adapters.base import Adapter, AdapterConfig, FitResult, Prediction
 from promptkit.adapters.encoding import length_sorted
 from promptkit.adapters.heads import GenerationOptions, generate, heads
-from promptkit.adapters.prompt_api import OverAPI, TokenLogprobs
-from promptkit.api import APIClient, RetryPolicy, parse_spec
+from promptkit.adapters.prompt_api import APISettings, OverAPI, TokenLogprobs
+from promptkit.api import parse_spec
 from promptkit.data import read_file, write_jsonl
 from promptkit.devices import resolve_device, to_device
 from promptkit.errors import DataError
@@ -36,7 +35,7 @@ CONTENT_FREE = ("N/A", "", "[MASK]")
 _MODEL_CACHE: dict[tuple[str, ...], Any] = {}
 
 
-class PromptConfig(AdapterConfig):
+class PromptConfig(APISettings, AdapterConfig):
     model: str | dict[str, Any] | None = Field(  # type: ignore[assignment]
         "smollm2-135m-instruct",
         description="A causal or seq2seq LM; or an API model: 'openai:<name>' or "
@@ -66,21 +65,6 @@ class PromptConfig(AdapterConfig):
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     stop: list[str] = Field(default_factory=lambda: ["\n\n"], description="Cut output here.")
-    max_concurrency: int = Field(8, ge=1, description="API models: requests in flight.")
-    requests_per_minute: float | None = Field(None, gt=0, description="API models: rate limit.")
-    tokens_per_minute: float | None = Field(None, gt=0, description="API models: rate limit.")
-    api_cache: str | None = Field(
-        None, description="API models: answer cache folder (default: the user cache folder)."
-    )
-    api_scoring: Literal["auto", "echo", "first_token"] = Field(
-        "auto",
-        description="API classification: 'echo' scores whole label words from the server's "
-        "prompt log-probabilities, 'first_token' from the answer's top_logprobs; 'auto' uses "
-        "echo where the server supports it.",
-    )
-    retry: RetryPolicy = Field(
-        default_factory=lambda: RetryPolicy.model_validate({}), description="API models: retries."
-    )
 
 
 @dataclass
@@ -115,15 +99,7 @@ class PromptAdapter(OverAPI, TokenLogprobs, Adapter):
             return
         spec = parse_spec(self.config.model)
         if spec is not None:  # an API model: no weights here, the server holds them
-            self._head = "api"
-            self._model = APIClient(
-                spec,
-                self.config.api_cache or str(user_cache_dir("promptkit") + "/api"),
-                self.config.max_concurrency,
-                self.config.requests_per_minute,
-                self.config.tokens_per_minute,
-                self.config.retry,
-            )
+            self._head, self._model = "api", self._api_client(spec)
             return
         source = str(self.config.model or "")
         self._head = models.architecture_head(source)

@@ -6,13 +6,36 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field
 
 from promptkit.adapters.base import Prediction
-from promptkit.api import APIError
+from promptkit.api import APIClient, APIError, APISpec, RetryPolicy
+from promptkit.config import StrictModel
 from promptkit.errors import ConfigError
 
 API_TOP_LOGPROBS = 20  # OpenAI's maximum
+
+
+class APISettings(StrictModel):
+    """The prompt adapter's settings for a model behind an API."""
+
+    max_concurrency: int = Field(8, ge=1, description="API models: requests in flight.")
+    requests_per_minute: float | None = Field(None, gt=0, description="API models: rate limit.")
+    tokens_per_minute: float | None = Field(None, gt=0, description="API models: rate limit.")
+    api_cache: str | None = Field(
+        None, description="API models: answer cache folder (default: the user cache folder)."
+    )
+    api_scoring: Literal["auto", "echo", "first_token"] = Field(
+        "auto",
+        description="API classification: 'echo' scores whole label words from the server's "
+        "prompt log-probabilities, 'first_token' from the answer's top_logprobs; 'auto' uses "
+        "echo where the server supports it.",
+    )
+    retry: RetryPolicy = Field(
+        default_factory=lambda: RetryPolicy.model_validate({}), description="API models: retries."
+    )
 
 
 class OverAPI:
@@ -25,6 +48,19 @@ class OverAPI:
     if TYPE_CHECKING:
 
         def _normalize(self, total: float, length: int) -> float: ...
+
+    def _api_client(self, spec: APISpec) -> APIClient:
+        from platformdirs import user_cache_dir
+
+        config = self.config
+        return APIClient(
+            spec,
+            config.api_cache or str(user_cache_dir("promptkit") + "/api"),
+            config.max_concurrency,
+            config.requests_per_minute,
+            config.tokens_per_minute,
+            config.retry,
+        )
 
     def _score_api(self, prompts: list[str], words: list[str]) -> list[list[float]]:
         """Label-word scores over an API, by the scoring mode the settings and server allow."""
