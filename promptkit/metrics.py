@@ -114,6 +114,31 @@ class GenerationBatch:
     contexts: list[list[str]] | None = None
     gold: list[list[bool]] | None = None  # per example, per injected passage: is it a gold one
 
+    @property
+    def answers(self) -> list[str]:
+        """The predictions without their citation markers ([n] of a passage that was injected):
+        what answer-quality metrics read, since citations are scored on their own."""
+        if self.contexts is None:
+            return list(self.preds)
+        return [
+            strip_citations(p, len(c)) for p, c in zip(self.preds, self.contexts, strict=True)
+        ]
+
+
+CITATION = re.compile(r"\[(\d{1,3})\]")
+
+
+def strip_citations(text: str, passages: int) -> str:
+    """``text`` without the markers [1] … [passages] and the space before each. A marker that
+    opens the text or follows ``= ( [ {`` is code (``x = [1]``), not a citation, and stays."""
+
+    def drop(match: re.Match[str]) -> str:
+        before = text[: match.start()].rstrip()
+        code = not before or before[-1] in "=([{"
+        return match.group(0) if code or not 1 <= int(match.group(1)) <= passages else ""
+
+    return re.sub(r"\s*\[(\d{1,3})\]", drop, text).strip()
+
 
 @dataclass
 class RetrievalBatch:
@@ -303,13 +328,13 @@ def _exact_match(batch: GenerationBatch) -> np.ndarray:
     return np.array(
         [
             float(normalize_answer(r) == normalize_answer(p))
-            for r, p in zip(batch.refs, batch.preds, strict=True)
+            for r, p in zip(batch.refs, batch.answers, strict=True)
         ]
     )
 
 
 def _token_f1(batch: GenerationBatch) -> np.ndarray:
-    return np.array([token_f1(r, p) for r, p in zip(batch.refs, batch.preds, strict=True)])
+    return np.array([token_f1(r, p) for r, p in zip(batch.refs, batch.answers, strict=True)])
 
 
 def _rouge_l(batch: GenerationBatch) -> np.ndarray:
@@ -319,7 +344,7 @@ def _rouge_l(batch: GenerationBatch) -> np.ndarray:
     return np.array(
         [
             scorer.score(r, p)["rougeL"].fmeasure
-            for r, p in zip(batch.refs, batch.preds, strict=True)
+            for r, p in zip(batch.refs, batch.answers, strict=True)
         ]
     )
 
@@ -327,7 +352,7 @@ def _rouge_l(batch: GenerationBatch) -> np.ndarray:
 def _bleu_stats(batch: GenerationBatch) -> np.ndarray:
     from sacrebleu.metrics import BLEU
 
-    rows = BLEU()._extract_corpus_statistics(list(batch.preds), [list(batch.refs)])
+    rows = BLEU()._extract_corpus_statistics(batch.answers, [list(batch.refs)])
     return np.asarray(rows, dtype=np.float64)
 
 
@@ -368,7 +393,6 @@ def _context_recall(batch: GenerationBatch) -> np.ndarray:
     return np.array([float(any(g)) for g in _gold(batch, "context_recall")])
 
 
-CITATION = re.compile(r"\[(\d{1,3})\]")
 
 
 def _citation_accuracy(batch: GenerationBatch) -> np.ndarray:
@@ -381,7 +405,7 @@ def _citation_accuracy(batch: GenerationBatch) -> np.ndarray:
 
 def _answer_context_overlap(batch: GenerationBatch) -> np.ndarray:
     contexts = batch.contexts or [[] for _ in batch.preds]
-    return np.array([_support(p, c) for p, c in zip(batch.preds, contexts, strict=True)])
+    return np.array([_support(p, c) for p, c in zip(batch.answers, contexts, strict=True)])
 
 
 def _register_generation() -> None:

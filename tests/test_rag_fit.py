@@ -63,6 +63,19 @@ def test_gold_passage_sits_where_retrieval_put_it(faq, tiny_gpt2):
             assert headings == ranked[:2]
 
 
+def test_training_answers_cite_the_gold_passage(faq, tiny_gpt2):
+    kb, train = faq
+    for record in seen_by_base(rag(kb, tiny_gpt2, gold_probability=1.0), train):
+        headings = [p["metadata"]["heading"] for p in record["passages"]]
+        number = headings.index(record["passage_id"]) + 1
+        assert record["answer"].endswith(f" [{number}]")
+        assert record["answer"].removesuffix(f" [{number}]") in WORDS
+    seen = seen_by_base(rag(kb, tiny_gpt2, gold_probability=0.0), train)
+    assert all(r["answer"] in WORDS for r in seen)  # no gold passage shown: nothing to cite
+    seen = seen_by_base(rag(kb, tiny_gpt2, gold_probability=1.0, cite=False), train)
+    assert all(r["answer"] in WORDS for r in seen)
+
+
 def test_gold_probability_mixes(faq, tiny_gpt2):
     kb, train = faq
     seen = seen_by_base(rag(kb, tiny_gpt2, gold_probability=0.5), train * 4)

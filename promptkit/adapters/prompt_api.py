@@ -65,6 +65,8 @@ class OverAPI:
     def _score_api(self, prompts: list[str], words: list[str]) -> list[list[float]]:
         """Label-word scores over an API, by the scoring mode the settings and server allow."""
         mode = self.config.api_scoring
+        if mode == "auto" and self.scoring_mode_ == "first_token":
+            mode = "first_token"  # this server was found to echo no prompt log-probabilities
         if mode in ("auto", "echo"):
             try:
                 rows = self._score_echo(prompts, words)
@@ -76,9 +78,9 @@ class OverAPI:
                 import warnings
 
                 warnings.warn(
-                    f"The server gives no prompt log-probabilities ({str(exc)[:120]}); label "
-                    "words are scored from the first answer token instead, which is not the "
-                    "same measurement.",
+                    f"{str(exc)[:160].rstrip('.')}: label words are scored from the first "
+                    "answer token's top_logprobs instead, which is not the same measurement "
+                    "(adapter.scoring_mode_ says which was used).",
                     stacklevel=3,
                 )
         self.scoring_mode_ = "first_token"
@@ -97,7 +99,7 @@ class OverAPI:
             for choice in answer["choices"]:
                 logprobs = choice.get("logprobs") or {}
                 offsets, values = logprobs.get("text_offset"), logprobs.get("token_logprobs")
-                if not offsets or not values:
+                if not offsets or not values or min(offsets) > 0:  # the prompt's, not the answer's
                     raise ConfigError("The server returned no prompt log-probabilities.")
                 mine = [v for o, v in zip(offsets, values, strict=True)
                         if o >= len(prompt) and v is not None]  # fmt: skip

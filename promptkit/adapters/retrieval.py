@@ -76,6 +76,12 @@ class RetrievalConfig(AdapterConfig):
     gold_probability: float = Field(
         0.8, ge=0, le=1, description="Chance that a training question sees its gold passage."
     )
+    cite: bool = Field(
+        True,
+        description="When fitting a generation task with gold_field, a training answer whose "
+        "passages include the gold one ends with its citation ([n]), so the reader learns to "
+        "cite what it used (answer metrics ignore these markers; citation_accuracy scores them).",
+    )
     gold_position: Literal["retrieved", "random"] = Field(
         "retrieved",
         description="Where a kept gold passage sits among the distractors: 'retrieved' keeps "
@@ -203,7 +209,12 @@ class RetrievalAdapter(Adapter):
                 elif gold:  # the retriever's order; a gold passage it ranked past k comes last
                     passages = distractors[: k - 1]
                     passages.insert(min(rank if rank is not None else k, k - 1), gold[0])
-            out.append({**record, self.config.context_field: [h.to_dict() for h in passages]})
+            row = {**record, self.config.context_field: [h.to_dict() for h in passages]}
+            cited = [n + 1 for n, h in enumerate(passages) if h.metadata.get(key) == gold_value]
+            target = self.task.target_field
+            if self.config.cite and cited and self.task.kind == "generation" and row.get(target):
+                row[target] = f"{str(row[target]).rstrip()} [{cited[0]}]"
+            out.append(row)
         return out
 
     def _search_options(self) -> dict[str, Any]:
