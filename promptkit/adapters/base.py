@@ -216,6 +216,11 @@ class Adapter(ABC):
         (``adapter.clone(seed=1)``)."""
         return type(self)(self.config.model_copy(update=overrides))
 
+    def api_usage(self) -> dict[str, float] | None:
+        """Tokens, HTTP calls and cost (USD, where the model spec gives prices) this adapter
+        has spent on a hosted model's API so far; None for an adapter that calls no API."""
+        return None
+
     def artifact_bytes(self) -> int:
         """About how many bytes :meth:`save` would write, measured without writing anything."""
         self._check_fitted()

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from promptkit.adapters.base import Prediction
-from promptkit.api import APIClient, APIError, APISpec, RetryPolicy
+from promptkit.api import APIClient, APIError, APISpec, RetryPolicy, parse_spec, spending
 from promptkit.config import StrictModel
 from promptkit.errors import ConfigError
 
@@ -48,6 +48,15 @@ class OverAPI:
     if TYPE_CHECKING:
 
         def _normalize(self, total: float, length: int) -> float: ...
+
+    def api_usage(self) -> dict[str, float] | None:
+        """Tokens, calls and cost spent on the API so far (None for a local model)."""
+        spec = parse_spec(self.config.model)
+        if spec is None:
+            return None
+        if isinstance(self._model, APIClient):
+            return self._model.spent()
+        return spending(spec)  # nothing sent yet
 
     def _api_client(self, spec: APISpec) -> APIClient:
         from platformdirs import user_cache_dir

@@ -139,6 +139,9 @@ class RetrievalAdapter(Adapter):
     def learns(self) -> bool:
         return self.base_ is not None and self.base_.learns
 
+    def api_usage(self) -> dict[str, float] | None:
+        return self.base_.api_usage() if self.base_ is not None else None
+
     def clone(self, **overrides: Any) -> Adapter:
         """A new, unfitted copy; the base adapter is copied too, the knowledge base shared."""
         base = self.base_.clone(**overrides) if self.base_ is not None else None

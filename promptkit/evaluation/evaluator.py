@@ -183,11 +183,13 @@ class Evaluator:
             if len(seeds) > 1:
                 result = self._over_seeds(task, records, name, adapter, seeds, train, eval_data)
             else:
+                spent_before = adapter.api_usage()
                 start = time.perf_counter()
                 predictions = adapter.predict(records)
                 seconds = time.perf_counter() - start
                 result = self.score(task, records, predictions, name)
                 result.costs.update(_costs(adapter, len(records), seconds))
+                result.costs.update(_api_spent(spent_before, adapter.api_usage()))
             result.config = {"adapter": adapter.name, **_safe_config(adapter)}
             results.append(result)
         return self._report(task, results, records)
@@ -519,6 +521,14 @@ def _safe_config(adapter: Adapter) -> dict[str, Any]:
         return {}
     config.pop("task", None)
     return config
+
+
+def _api_spent(before: dict[str, float] | None, after: dict[str, float] | None) -> dict[str, float]:
+    """What one evaluation spent on an API: the difference of the adapter's running totals."""
+    if after is None:
+        return {}
+    spent = {k: v - (before or {}).get(k, 0) for k, v in after.items()}
+    return {k: round(v, 6) if k == "api_cost_usd" else int(v) for k, v in spent.items()}
 
 
 def _costs(adapter: Adapter, n: int, seconds: float) -> dict[str, Any]:

@@ -21,6 +21,10 @@ COST_COLUMNS = [
     ("artifact_mb", "artifact MB"),
     ("peak_rss_mb", "peak RSS MB"),
     ("queries_per_second", "queries/s"),
+    ("api_calls", "API calls"),
+    ("api_prompt_tokens", "API tokens in"),
+    ("api_completion_tokens", "API tokens out"),
+    ("api_cost_usd", "API cost $"),
 ]
 
 
