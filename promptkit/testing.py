@@ -297,12 +297,11 @@ def _running(
 
     import httpx
 
+    # the process's output goes to a file, never a pipe nobody drains (a chatty server would
+    # block on a full pipe); its tail explains a failed start
+    log = tempfile.TemporaryFile(mode="w+")
     process = subprocess.Popen(
-        command,
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+        command, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT
     )
     try:
         deadline = time.time() + 120
@@ -313,8 +312,8 @@ def _running(
             except httpx.HTTPError:
                 pass
             if process.poll() is not None or time.time() > deadline:
-                output = process.stderr.read() if process.stderr else ""
-                raise RuntimeError(f"{what} did not start: {output[-2000:]}")
+                log.seek(0)
+                raise RuntimeError(f"{what} did not start: {log.read()[-2000:]}")
             time.sleep(0.3)
         yield url
     finally:
@@ -324,6 +323,7 @@ def _running(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        log.close()
 
 
 @contextlib.contextmanager
@@ -349,7 +349,7 @@ params.model.path, params.port = sys.argv[1], int(sys.argv[2])
 params.n_ctx, params.n_parallel = int(sys.argv[3]), int(sys.argv[4])
 params.hostnames = ["127.0.0.1"]
 params.cpuparams.n_threads = params.cpuparams_batch.n_threads = int(sys.argv[5])
-xlc.Server(params)
+server = xlc.Server(params)  # kept: the server stops when collected
 threading.Event().wait()
 """
 
