@@ -277,3 +277,24 @@ def test_llama_cpp_classifies_by_first_token_and_says_so(llama_server):
         assert prediction.label in task.labels
         assert sum(prediction.scores.values()) == pytest.approx(1.0)
     assert [p.scores for p in adapter.predict(reviews)] == [p.scores for p in predictions]
+
+
+def test_constrained_generation_names_a_label_only_when_asked(llama_server):
+    task = pk.Task.classification(["negative", "positive"], template="sentiment")
+    reviews = ["a moving, beautifully acted film", "dull, lifeless and far too long",
+               "one of the best films of the year", "a tedious mess"]
+    model = {"provider": "openai", "name": "smollm2", "base_url": llama_server}
+    adapter = pk.create_adapter("prompt", model=model, task=task, api_cache=None,
+                                api_scoring="generate")
+    predictions = adapter.predict(reviews)
+    assert adapter.scoring_mode_ == "generate" and adapter._model.calls == len(reviews)
+    for prediction in predictions:  # llama.cpp honours the schema: every answer names a label
+        assert prediction.label in task.labels
+        assert max(prediction.scores.values()) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_a_label_word_is_parsed_from_free_text():
+    from promptkit.adapters.prompt_api import _first_named
+
+    assert _first_named("I'd say Positive, not negative.", ["negative", "positive"]) == "positive"
+    assert _first_named("unpositive", ["positive"]) == ""

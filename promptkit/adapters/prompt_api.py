@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
@@ -27,11 +28,13 @@ class APISettings(StrictModel):
     api_cache: str | None = Field(
         None, description="API models: answer cache folder (default: the user cache folder)."
     )
-    api_scoring: Literal["auto", "echo", "first_token"] = Field(
+    api_scoring: Literal["auto", "echo", "first_token", "generate"] = Field(
         "auto",
         description="API classification: 'echo' scores whole label words from the server's "
         "prompt log-probabilities, 'first_token' from the answer's top_logprobs; 'auto' uses "
-        "echo where the server supports it.",
+        "echo where the server supports it. 'generate' (only when asked: servers without "
+        "log-probabilities) asks for one label word, constrained by a JSON schema where the "
+        "server honours one, and parses the answer: a label, not a probability.",
     )
     retry: RetryPolicy = Field(
         default_factory=lambda: RetryPolicy.model_validate({}), description="API models: retries."
@@ -76,6 +79,9 @@ class OverAPI:
         mode = self.config.api_scoring
         if mode == "auto" and self.scoring_mode_ == "first_token":
             mode = "first_token"  # this server was found to echo no prompt log-probabilities
+        if mode == "generate":
+            self.scoring_mode_ = "generate"
+            return self._score_generated(prompts, words)
         if mode in ("auto", "echo"):
             try:
                 rows = self._score_echo(prompts, words)
@@ -144,6 +150,40 @@ class OverAPI:
             rows.append(row)
         return rows
 
+    def _score_generated(self, prompts: list[str], words: list[str]) -> list[list[float]]:
+        """Constrained generation plus parsing: the answer names one label word (a JSON schema
+        with their enum, where the server honours it; else the first word found in free text).
+        The named word scores 0 and the others -50; an answer naming none leaves all equal."""
+        import json
+        import warnings
+
+        choices = sorted({w.strip() for w in words if w.strip()})
+        schema = {"type": "object", "properties": {"label": {"enum": choices}},
+                  "required": ["label"], "additionalProperties": False}  # fmt: skip
+        answers = self._model.chat(
+            [{"messages": [{"role": "user", "content": p}], "max_tokens": 24,
+              "temperature": 0.0, "seed": self.config.seed,
+              "response_format": {"type": "json_schema",
+                                  "json_schema": {"name": "label", "schema": schema}}}
+             for p in prompts]
+        )  # fmt: skip
+        rows, unparsed = [], 0
+        for answer in answers:
+            text = answer["choices"][0].get("message", {}).get("content") or ""
+            try:
+                named = str(json.loads(text)["label"]).strip().lower()
+            except (ValueError, KeyError, TypeError):
+                named = _first_named(text, choices)
+            unparsed += not named
+            rows.append([0.0 if w.strip().lower() == named else -50.0 for w in words])
+        if unparsed:
+            warnings.warn(
+                f"{unparsed} of {len(prompts)} generated answers named no label word; they "
+                "score every label alike.",
+                stacklevel=3,
+            )
+        return rows
+
     def _generate_api(self, prompts: list[str]) -> list[Prediction]:
         """Chat completions: stop strings, max tokens, temperature and seed passed through."""
         config = self.config
@@ -166,6 +206,16 @@ class OverAPI:
                 text = text.split(stop)[0] if stop else text
             texts.append(text.strip())
         return [Prediction(text=t) for t in texts]
+
+
+def _first_named(text: str, choices: list[str]) -> str:
+    """The choice (lower-cased) whose whole word comes first in ``text``; "" if none does."""
+    found = []
+    for choice in choices:
+        match = re.search(rf"\b{re.escape(choice)}\b", text, re.IGNORECASE)
+        if match:
+            found.append((match.start(), choice.lower()))
+    return min(found)[1] if found else ""
 
 
 class TokenLogprobs:
