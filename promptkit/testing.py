@@ -299,31 +299,30 @@ def _running(
 
     # the process's output goes to a file, never a pipe nobody drains (a chatty server would
     # block on a full pipe); its tail explains a failed start
-    log = tempfile.TemporaryFile(mode="w+")
-    process = subprocess.Popen(
-        command, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT
-    )
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                if httpx.get(url + ready, timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.time() > deadline:
-                log.seek(0)
-                raise RuntimeError(f"{what} did not start: {log.read()[-2000:]}")
-            time.sleep(0.3)
-        yield url
-    finally:
-        process.terminate()
+    with tempfile.TemporaryFile(mode="w+") as log:
+        process = subprocess.Popen(
+            command, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT
+        )
         try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+            deadline = time.time() + 120
+            while True:
+                try:
+                    if httpx.get(url + ready, timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if process.poll() is not None or time.time() > deadline:
+                    log.seek(0)
+                    raise RuntimeError(f"{what} did not start: {log.read()[-2000:]}")
+                time.sleep(0.3)
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 @contextlib.contextmanager
