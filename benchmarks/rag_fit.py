@@ -16,9 +16,6 @@ from pathlib import Path
 
 import promptkit as pk
 
-ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--split", default="validation", choices=["validation", "test"])
@@ -28,9 +25,11 @@ def main() -> None:
     parser.add_argument("--chunk-tokens", type=int, default=128)
     parser.add_argument("--max-length", type=int, default=448)
     parser.add_argument("--gold-probability", type=float, default=0.8)
-    parser.add_argument("--r", type=int, default=8, help="LoRA rank")
-    parser.add_argument("--all-linear", action="store_true",
-                        help="LoRA on every projection, not only attention q and v")
+    parser.add_argument("--r", type=int, default=16, help="LoRA rank")
+    parser.add_argument("--attention-only", action="store_true",
+                        help="LoRA on attention q and v only, not on every linear layer")
+    parser.add_argument("--cite", action="store_true",
+                        help="training answers end with the gold passage's [n]")
     parser.add_argument("--gold-position", default="retrieved", choices=["retrieved", "random"])
     parser.add_argument("--only", nargs="*", help="adapters to run (default: all)")
     parser.add_argument("--reuse", action="store_true", help="load adapters saved by a past run")
@@ -51,7 +50,7 @@ def main() -> None:
                 "learning_rate": args.learning_rate, "max_length": args.max_length, "max_new_tokens": 48,
                 "warmup_ratio": 0.1, "logging_steps": 10, "save_checkpoints": False,
                 "r": args.r, "alpha": 2 * args.r,
-                "target_modules": ALL_LINEAR if args.all_linear else None}
+                "target_modules": None if args.attention_only else "all-linear"}
     reader = pk.create_adapter("prompt", model="smollm2-135m-instruct", task=rag_task,
                                max_new_tokens=48, batch_size=8, max_length=args.max_length)
     knowledge = {"knowledge": kb, "top_k": args.top_k, "distinct": "heading"}
@@ -61,7 +60,9 @@ def main() -> None:
             "lora", task=pk.Task.generation(template="closed_book_qa"), **training),
         "lora_rag": pk.create_adapter(
             "retrieval", gold_field="passage_id", gold_key="heading",
-            gold_probability=args.gold_probability, gold_position=args.gold_position, **knowledge, base=pk.create_adapter("lora", task=rag_task, **training)),
+            gold_probability=args.gold_probability, gold_position=args.gold_position,
+            cite=args.cite, **knowledge,
+            base=pk.create_adapter("lora", task=rag_task, **training)),
     }
     adapters = {k: v for k, v in adapters.items() if not args.only or k in args.only}
     for name, adapter in adapters.items():

@@ -76,7 +76,10 @@ def main() -> None:
     # tiny GPT-2 reads 128 positions: passages are dropped to fit (the drop list), not the point
     generation = {"max_new_tokens": 8 if FAST else 48, "batch_size": 8,
                   "max_length": 128 if FAST else 448}
-    training = {"model": reader, "epochs": args.epochs, "learning_rate": 1e-3,
+    # LoRA r16 on every linear layer: 0.610 validation token F1 against 0.362 for r8 on q/v
+    # alone (benchmarks/rag_fit.py); the same settings for the closed-book reader
+    training = {"model": reader, "epochs": args.epochs, "learning_rate": 1e-3, "r": 16,
+                "alpha": 32, "target_modules": "all-linear",
                 "warmup_ratio": 0.1, "logging_steps": 50, "save_checkpoints": False,
                 **generation}
     retrieval = {"knowledge": kb, "top_k": 3, "distinct": "heading"}

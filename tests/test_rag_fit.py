@@ -65,14 +65,14 @@ def test_gold_passage_sits_where_retrieval_put_it(faq, tiny_gpt2):
 
 def test_training_answers_cite_the_gold_passage(faq, tiny_gpt2):
     kb, train = faq
-    for record in seen_by_base(rag(kb, tiny_gpt2, gold_probability=1.0), train):
+    for record in seen_by_base(rag(kb, tiny_gpt2, gold_probability=1.0, cite=True), train):
         headings = [p["metadata"]["heading"] for p in record["passages"]]
         number = headings.index(record["passage_id"]) + 1
         assert record["answer"].endswith(f" [{number}]")
         assert record["answer"].removesuffix(f" [{number}]") in WORDS
-    seen = seen_by_base(rag(kb, tiny_gpt2, gold_probability=0.0), train)
+    seen = seen_by_base(rag(kb, tiny_gpt2, gold_probability=0.0, cite=True), train)
     assert all(r["answer"] in WORDS for r in seen)  # no gold passage shown: nothing to cite
-    seen = seen_by_base(rag(kb, tiny_gpt2, gold_probability=1.0, cite=False), train)
+    seen = seen_by_base(rag(kb, tiny_gpt2, gold_probability=1.0), train)  # the default
     assert all(r["answer"] in WORDS for r in seen)
 
 

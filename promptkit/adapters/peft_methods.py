@@ -150,7 +150,11 @@ class LoraConfig(TrainingConfig):
     r: int = Field(8, ge=1, le=1024, description="LoRA rank.")
     alpha: int = Field(16, ge=1, description="LoRA scaling numerator (lora_alpha).")
     lora_dropout: float = Field(0.1, ge=0, lt=1)
-    target_modules: list[str] | None = Field(None, description="Layers to adapt; auto if unset.")
+    target_modules: list[str] | Literal["all-linear"] | None = Field(
+        None,
+        description="Layers to adapt: module names, 'all-linear' (every linear layer but the "
+        "output head), or unset for the attention projections PEFT knows for the model.",
+    )
     use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
 
 
