@@ -220,8 +220,10 @@ class APIClient:
             wait = None
             try:
                 response = await http.post(endpoint, json=body)
-            except (httpx.TimeoutException, httpx.TransportError) as exc:
-                problem = f"{type(exc).__name__} after {self.retry.timeout:.0f} s limit"
+            except httpx.TimeoutException as exc:
+                problem = f"{type(exc).__name__}: no answer within {self.retry.timeout:.0f} s"
+            except httpx.TransportError as exc:  # refused, reset, or a body cut short
+                problem = f"{type(exc).__name__}: {exc}"
             else:
                 if response.status_code == 200:
                     try:

@@ -90,8 +90,11 @@ def _ok(text="fine"):
 
 
 def test_faults_are_retried_honouring_retry_after():
+    truncated = httpx.RemoteProtocolError("peer closed connection without sending complete "
+                                          "message body (incomplete chunked read)")
     script = [httpx.Response(429, headers={"Retry-After": "7"}), httpx.Response(500),
-              httpx.ReadTimeout("slow"), httpx.Response(200, content=b"{not json"), _ok()]
+              httpx.ReadTimeout("slow"), httpx.Response(200, content=b'{"choices": [{"mess'),
+              truncated, _ok()]
 
     def handler(request):
         step = script.pop(0)
@@ -99,10 +102,10 @@ def test_faults_are_retried_honouring_retry_after():
             raise step
         return step
 
-    client, delays = _client(handler, attempts=5)
+    client, delays = _client(handler, attempts=6)
     answer = client.chat([{"messages": [{"role": "user", "content": "hi"}]}])[0]
     assert answer["choices"][0]["message"]["content"] == "fine"
-    assert client.calls == 5 and delays == [7.0, 1.0, 2.0, 4.0]  # Retry-After, then backoff
+    assert client.calls == 6 and delays == [7.0, 1.0, 2.0, 4.0, 8.0]  # Retry-After, then backoff
     assert client.usage == {"prompt_tokens": 3, "completion_tokens": 1}
 
 
@@ -120,6 +123,15 @@ def test_a_failing_batch_keeps_what_finished(tmp_path):
     answers = healed.chat(bodies)
     assert [a["choices"][0]["message"]["content"] for a in answers] == ["a", "bad", "b"]
     assert healed.calls == 1  # only the one that had failed
+
+
+def test_a_connection_dropped_every_time_ends_in_a_clear_error():
+    def handler(request):
+        raise httpx.RemoteProtocolError("incomplete chunked read")
+
+    client, _ = _client(handler, attempts=3)
+    with pytest.raises(APIError, match="failed 3 times.*RemoteProtocolError: incomplete chunked"):
+        client.chat([{"messages": [{"role": "user", "content": "hi"}]}])
 
 
 def test_client_errors_are_not_retried():
