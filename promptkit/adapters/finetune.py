@@ -85,6 +85,11 @@ class TrainingConfig(AdapterConfig):
         "minilm", description="Rerank tasks: the embedder that ranks candidates for mining."
     )
     stop: list[str] = Field(default_factory=list, description="Cut generated text here.")
+    runtime: Literal["torch", "onnx"] = Field(
+        "torch",
+        description="What predicts: torch, or onnxruntime for an artifact written by "
+        "adapter.export(..., format='onnx') (classifiers; promptkit[onnx]).",
+    )
 
     @field_validator("metric")
     @classmethod
@@ -117,6 +122,8 @@ class FineTuneAdapter(Adapter):
         self.tokenizer_: Any = None
         self.head_: Head | None = None
         self.pairs_: PairTraining | None = None  # retrieval and rerank tasks
+        self.onnx_file_: Path = Path()  # runtime "onnx": the exported model and its check
+        self.reference_: dict[str, Any] = {}
 
     # ---- hooks for subclasses -----------------------------------------------------------------
 
@@ -139,6 +146,8 @@ class FineTuneAdapter(Adapter):
         return None
 
     def _state_bytes(self) -> int:
+        if self.config.runtime == "onnx":
+            return self.onnx_file_.stat().st_size
         if self.pairs_ is not None:
             return self.pairs_.state_bytes()
         return sum(t.numel() * t.element_size() for t in self._saved_tensors().values())
@@ -197,6 +206,11 @@ class FineTuneAdapter(Adapter):
 
         from promptkit.adapters.trainer import PromptkitTrainer, training_arguments
 
+        if self.config.runtime == "onnx":
+            raise ConfigError(
+                "runtime='onnx' predicts with an exported model: fit with runtime 'torch', then "
+                "adapter.export(path, format='onnx')."
+            )
         if not self.config.model:
             raise ConfigError(f"The {self.name!r} adapter needs model=... (an alias, id or path).")
         if self.task.pairs:
@@ -310,6 +324,55 @@ class FineTuneAdapter(Adapter):
 
     # ---- prediction ---------------------------------------------------------------------------
 
+    def export(
+        self,
+        path: str | Path,
+        format: Literal["onnx"] = "onnx",
+        quantize: Literal["int8"] | None = "int8",
+        tolerance: float = 0.05,
+    ) -> Path:
+        """Write this classifier as an ONNX artifact (weights int8 per channel unless
+        ``quantize=None``) that loads with ``runtime="onnx"`` and predicts with onnxruntime.
+
+        The artifact stores sample inputs with this model's probabilities; loading it checks
+        that the ONNX model gives the same within ``tolerance``. Load it with
+        ``promptkit.load_adapter(path)`` or serve it with ``promptkit serve``.
+        """
+        from promptkit import export as onnx_export
+
+        self._check_fitted()
+        if format != "onnx":
+            raise ConfigError(f"Export format {format!r} is unknown; 'onnx' is the one there is.")
+        if self.config.runtime == "onnx":
+            raise ConfigError("This adapter is an ONNX export already.")
+        if self.task.kind != "classification" or self.head_ is None or self.head_.name != "seq_cls":
+            raise ConfigError(
+                "ONNX export covers classifiers (a sequence-classification head); this adapter "
+                f"is a {self.task.kind} adapter. Export a knowledge base's embedder with "
+                "promptkit.export.export_embedder."
+            )
+        exported = type(self)(self.config.model_copy(update={"runtime": "onnx"}))
+        exported.tokenizer_, exported.head_ = self.tokenizer_, self.head_
+        exported.fitted_, exported.fit_result_, exported.profile_ = (
+            True,
+            self.fit_result_,
+            self.profile_,
+        )
+        samples = [{f: s for f in self.task.text_fields} for s in onnx_export.SAMPLES]
+        reference = onnx_export.reference_outputs(self._predict, samples, tolerance)
+        with tempfile.TemporaryDirectory() as scratch:
+            exported.onnx_file_ = Path(scratch) / "model.onnx"
+            onnx_export.export_classifier(
+                self._export_model(), self.tokenizer_, exported.onnx_file_, quantize
+            )
+            exported.reference_ = {**reference, "quantize": quantize}
+            exported.save(path)
+        return Path(path)
+
+    def _export_model(self) -> Any:
+        """The torch model an export traces (PEFT adapters merge a copy first)."""
+        return self.model_
+
     def _predict(self, records: list[dict[str, Any]]) -> list[Prediction]:
         if self.pairs_ is not None:
             return self.pairs_.predict(records)
@@ -331,7 +394,13 @@ class FineTuneAdapter(Adapter):
             self.pairs_.save(directory)
             return
         assert self.head_ is not None
-        self._save_model(directory)
+        if self.config.runtime == "onnx":
+            from promptkit import export as onnx_export
+
+            shutil.copyfile(self.onnx_file_, directory / "model.onnx")
+            onnx_export.write_reference(directory, self.reference_)
+        else:
+            self._save_model(directory)
         self.tokenizer_.save_pretrained(directory / "tokenizer")
         (directory / "training.json").write_text(json.dumps({"head": self.head_.name}))
 
@@ -346,6 +415,14 @@ class FineTuneAdapter(Adapter):
         if self.tokenizer_.pad_token is None:
             self.tokenizer_.pad_token = self.tokenizer_.eos_token
         self.head_ = self._make_head(json.loads((directory / "training.json").read_text())["head"])
+        if self.config.runtime == "onnx":
+            from promptkit import export as onnx_export
+
+            self.onnx_file_ = directory / "model.onnx"
+            self.model_ = onnx_export.OnnxClassifier(self.onnx_file_)
+            self.reference_ = onnx_export.read_reference(directory)
+            onnx_export.check_agreement(self._predict, self.reference_, directory)
+            return
         self.model_ = self._load_model(directory, manifest)
         self.model_.eval()
 

@@ -107,6 +107,11 @@ class PeftAdapter(FineTuneAdapter):
             raise ConfigError(f"No adapter named {name!r}; loaded: {available}.")
         self.model_.set_adapter(name)
 
+    def _export_model(self) -> Any:
+        if not hasattr(self.model_, "merge_and_unload"):
+            raise ConfigError(f"{self.name} adapters cannot be merged, so not exported to ONNX.")
+        return self.merge().model_
+
     def merge(self, inplace: bool = False) -> FullFineTune:
         """Fold the adapter into the base weights; returns a ``full`` adapter (LoRA and IA3).
 

@@ -1,0 +1,86 @@
+"""ONNX export: int8 classifiers that predict with onnxruntime, checked against torch on load."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import promptkit as pk
+from promptkit.export import check_agreement
+from promptkit.testing import tiny_model, toy_classification
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    task = pk.Task.classification(["negative", "positive"])
+    adapter = pk.create_adapter("full", model=tiny_model("bert"), task=task, epochs=3,
+                                batch_size=8, learning_rate=1e-3, logging_steps=100,
+                                save_checkpoints=False)
+    adapter.fit(toy_classification(48))
+    return adapter
+
+
+def test_int8_export_predicts_like_torch_and_is_checked_on_load(classifier, tmp_path):
+    texts = [r["text"] for r in toy_classification(40, seed=3)]
+    expected = classifier.predict(texts)
+    classifier.export(tmp_path / "int8")
+    assert (tmp_path / "int8" / "model.onnx").is_file()
+    assert not (tmp_path / "int8" / "model").exists()  # no torch weights in the export
+    loaded = pk.load_adapter(tmp_path / "int8")
+    assert loaded.config.runtime == "onnx" and type(loaded.model_).__name__ == "OnnxClassifier"
+    got = loaded.predict(texts)
+    agree = sum(a.label == b.label for a, b in zip(got, expected, strict=True))
+    assert agree >= 38  # int8 may flip an input that sits on the boundary
+    worst = max(abs(a.scores["positive"] - b.scores["positive"])
+                for a, b in zip(got, expected, strict=True))
+    assert worst < 0.05
+    reference = json.loads((tmp_path / "int8" / "export.json").read_text())
+    assert reference["quantize"] == "int8" and len(reference["samples"]) == 4
+
+
+def test_fp32_export_is_exact(classifier, tmp_path):
+    texts = [r["text"] for r in toy_classification(16, seed=5)]
+    expected = classifier.predict(texts)
+    classifier.export(tmp_path / "fp32", quantize=None)
+    got = pk.load_adapter(tmp_path / "fp32").predict(texts)
+    for a, b in zip(got, expected, strict=True):
+        assert a.scores["positive"] == pytest.approx(b.scores["positive"], abs=1e-5)
+
+
+def test_an_export_that_computes_differently_is_refused(classifier, tmp_path):
+    classifier.export(tmp_path / "int8")
+    loaded = pk.load_adapter(tmp_path / "int8")
+    reference = dict(loaded.reference_)
+    # as if the stored torch outputs were 0.2 away from what this runtime computes
+    reference["probabilities"] = [{k: v + 0.2 for k, v in p.items()}
+                                  for p in reference["probabilities"]]
+    with pytest.raises(pk.errors.ArtifactError, match="differ from the exported torch"):
+        check_agreement(loaded._predict, reference, tmp_path)
+    assert check_agreement(loaded._predict, loaded.reference_, tmp_path) < 0.05
+
+
+def test_lora_classifier_exports_merged(tmp_path):
+    task = pk.Task.classification(["negative", "positive"])
+    lora = pk.create_adapter("lora", model=tiny_model("bert"), task=task, epochs=3, batch_size=8,
+                             learning_rate=5e-3, logging_steps=100, save_checkpoints=False)
+    lora.fit(toy_classification(48))
+    texts = [r["text"] for r in toy_classification(16, seed=7)]
+    expected = [p.label for p in lora.predict(texts)]
+    lora.export(tmp_path / "lora", quantize=None)
+    assert [p.label for p in pk.load_adapter(tmp_path / "lora").predict(texts)] == expected
+
+
+def test_what_cannot_be_exported_says_so(tmp_path):
+    generator = pk.create_adapter("full", model=tiny_model("gpt2"),
+                                  task=pk.Task.generation(template="closed_book_qa"), epochs=1,
+                                  logging_steps=100, save_checkpoints=False)
+    generator.fit([{"question": "q", "answer": "a"}] * 4)
+    with pytest.raises(pk.errors.ConfigError, match="covers classifiers"):
+        generator.export(tmp_path / "x")
+    onnx = pk.create_adapter("full", model=tiny_model("bert"), runtime="onnx",
+                             task=pk.Task.classification(["negative", "positive"]))
+    with pytest.raises(pk.errors.ConfigError, match="fit with runtime 'torch'"):
+        onnx.fit(toy_classification(8))
