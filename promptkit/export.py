@@ -98,39 +98,7 @@ def export_classifier(
         def forward(self, *tensors: Any) -> Any:
             return self.inner(**dict(zip(names, tensors, strict=True))).logits
 
-    wrapper = Logits(model).eval()  # eval: the export restores this mode on the model after
-    axes = {n: {0: "batch", 1: "sequence"} for n in names}
-    root, level = logging.getLogger(), logging.getLogger().level
-    try:
-        with tempfile.TemporaryDirectory() as scratch, warnings.catch_warnings():
-            # the tracer's notes on index ops and traced shapes concern graphs this one is not,
-            # and the quantizer logs advice for image models on the root logger
-            warnings.simplefilter("ignore")
-            root.setLevel(max(level, logging.ERROR))
-            plain = Path(scratch) / "model.fp32.onnx"
-            with torch.no_grad():
-                torch.onnx.export(
-                    wrapper,
-                    tuple(sample[n] for n in names),
-                    str(plain),
-                    input_names=names,
-                    output_names=["logits"],
-                    dynamic_axes={**axes, "logits": {0: "batch"}},
-                    opset_version=opset,
-                    dynamo=False,
-                )
-            if quantize == "int8":
-                from onnxruntime.quantization import QuantType, quantize_dynamic
-
-                # per-channel weights: per-tensor int8 loses far more (embeddings: cosine 0.965
-                # against 0.9925 per channel on MiniLM)
-                quantize_dynamic(
-                    str(plain), str(target), per_channel=True, weight_type=QuantType.QInt8
-                )
-            else:
-                plain.replace(target)
-    finally:
-        root.setLevel(level)
+    _trace(Logits(model), names, sample, "logits", target, quantize, opset)
 
 
 def reference_outputs(
@@ -171,3 +139,182 @@ def read_reference(directory: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ArtifactError(f"{directory} says runtime 'onnx' but holds no export.json.")
     return dict(json.loads(path.read_text()))
+
+
+# ---- sentence embedders -------------------------------------------------------------------------
+
+EMBEDDER_MARK = "promptkit_onnx.json"
+
+
+def _trace(
+    module: Any,
+    names: list[str],
+    sample: Any,
+    output: str,
+    target: Path,
+    quantize: str | None,
+    opset: int = 17,
+) -> None:
+    """``module(*inputs)`` to ONNX at ``target`` (dynamic batch and length), int8 if asked."""
+    import torch
+
+    axes = {n: {0: "batch", 1: "sequence"} for n in names}
+    out_axes = {0: "batch", 1: "sequence"} if output == "last_hidden_state" else {0: "batch"}
+    root, level = logging.getLogger(), logging.getLogger().level
+    try:
+        with tempfile.TemporaryDirectory() as scratch, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            root.setLevel(max(level, logging.ERROR))
+            plain = Path(scratch) / "model.fp32.onnx"
+            with torch.no_grad():
+                torch.onnx.export(
+                    module.eval(),  # eval: the export restores this mode on the model after
+                    tuple(sample[n] for n in names),
+                    str(plain),
+                    input_names=names,
+                    output_names=[output],
+                    dynamic_axes={**axes, output: out_axes},
+                    opset_version=opset,
+                    dynamo=False,
+                )
+            if quantize == "int8":
+                from onnxruntime.quantization import QuantType, quantize_dynamic
+
+                quantize_dynamic(
+                    str(plain), str(target), per_channel=True, weight_type=QuantType.QInt8
+                )
+            else:
+                plain.replace(target)
+    finally:
+        root.setLevel(level)
+
+
+def export_embedder(
+    name: str, path: str | Path, quantize: str | None = "int8", min_cosine: float = 0.98
+) -> Path:
+    """Write the sentence-transformers embedder ``name`` (alias, id or folder) to ``path`` as a
+    sentence-transformers folder plus its transformer in ONNX (int8 weights per channel unless
+    ``quantize=None``). Use the folder as ``embedder=`` anywhere: promptkit encodes with
+    onnxruntime there (mean or CLS pooling, normalized), and other tools still read it as the
+    plain folder it also is. Loading checks the ONNX vectors of stored samples against the torch
+    ones (cosine >= ``min_cosine``). The folder's weights fingerprint includes the ONNX file, so
+    a knowledge base never mixes its vectors with the torch model's."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from promptkit import models
+
+    require_onnxruntime()
+    target = Path(path)
+    model = SentenceTransformer(models.resolve(name), device="cpu")
+    pooling = _pooling(model)
+    model.save(str(target))
+    tokenizer = model.tokenizer
+    sample = tokenizer(SAMPLES, return_tensors="pt", padding=True)
+    names = [n for n in INPUT_NAMES if n in sample]
+    transformer = model[0].auto_model
+
+    class Hidden(torch.nn.Module):
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *tensors: Any) -> Any:
+            return self.inner(**dict(zip(names, tensors, strict=True))).last_hidden_state
+
+    (target / "onnx").mkdir(exist_ok=True)
+    _trace(
+        Hidden(transformer),
+        names,
+        sample,
+        "last_hidden_state",
+        target / "onnx" / "model.onnx",
+        quantize,
+    )
+    reference = model.encode(SAMPLES, normalize_embeddings=True, convert_to_numpy=True)
+    mark = {
+        "pooling": pooling,
+        "quantize": quantize,
+        "min_cosine": min_cosine,
+        "samples": SAMPLES,
+        "vectors": reference.tolist(),
+    }
+    (target / EMBEDDER_MARK).write_text(json.dumps(mark))
+    OnnxEncoder(target)  # checks the export before anyone uses it
+    return target
+
+
+def _pooling(model: Any) -> str:
+    pooling = model[1] if len(model) > 1 else None
+    mode = getattr(pooling, "pooling_mode", None) or (
+        "cls" if getattr(pooling, "pooling_mode_cls_token", False) else "mean"
+    )
+    if mode not in ("mean", "cls"):
+        raise ConfigError(f"ONNX embedders support mean or CLS pooling; this one pools by {mode}.")
+    return str(mode)
+
+
+class OnnxEncoder:
+    """Sentence vectors from an ``export_embedder`` folder with onnxruntime: the folder's
+    tokenizer, the ONNX transformer, then mean or CLS pooling and L2 normalization."""
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        from transformers import AutoTokenizer
+
+        self.path = Path(path)
+        self.mark = json.loads((self.path / EMBEDDER_MARK).read_text())
+        self.model = OnnxClassifier(self.path / "onnx" / "model.onnx", threads)
+        self.output = self.model.session.get_outputs()[0].name
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.path))
+        self.max_length = _max_seq_length(self.path)
+        got = self.encode(self.mark["samples"], batch_size=len(self.mark["samples"]))
+        import numpy as np
+
+        worst = float(np.min(np.sum(got * np.asarray(self.mark["vectors"]), axis=1)))
+        if worst < self.mark["min_cosine"]:
+            raise ArtifactError(
+                f"{self.path}: the ONNX embedder's vectors reach only cosine {worst:.4f} with the "
+                f"torch model's on the stored samples (at least {self.mark['min_cosine']} "
+                "needed); export it again with this onnxruntime."
+            )
+        self.agreement = worst
+
+    def encode(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> Any:
+        import numpy as np
+        from tqdm.auto import tqdm
+
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # little padding
+        out = np.zeros((len(texts), 0), dtype=np.float32)
+        starts = range(0, len(order), batch_size)
+        for start in tqdm(starts, desc="Batches", disable=not progress):
+            indices = order[start : start + batch_size]
+            batch = self.tokenizer(
+                [texts[i] for i in indices],
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="np",
+            )
+            feed = {n: batch[n].astype(np.int64) for n in self.model.inputs}
+            hidden = self.model.session.run([self.output], feed)[0]
+            mask = batch["attention_mask"][..., None].astype(np.float32)
+            if self.mark["pooling"] == "cls":
+                vectors = hidden[:, 0]
+            else:
+                vectors = (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
+            vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+            if out.shape[1] == 0:
+                out = np.zeros((len(texts), vectors.shape[1]), dtype=np.float32)
+            out[indices] = vectors
+        return out
+
+
+def _max_seq_length(path: Path) -> int:
+    config = path / "sentence_bert_config.json"
+    if config.is_file():
+        return int(json.loads(config.read_text()).get("max_seq_length") or 256)
+    return 256
+
+
+def is_onnx_embedder(path: str | Path) -> bool:
+    return (Path(path) / EMBEDDER_MARK).is_file()

@@ -84,3 +84,27 @@ def test_what_cannot_be_exported_says_so(tmp_path):
                              task=pk.Task.classification(["negative", "positive"]))
     with pytest.raises(pk.errors.ConfigError, match="fit with runtime 'torch'"):
         onnx.fit(toy_classification(8))
+
+
+def test_onnx_embedder_matches_torch_and_builds_a_knowledge_base(tmp_path):
+    import numpy as np
+
+    from promptkit.export import export_embedder
+    from promptkit.knowledge.embedder import Embedder, fingerprint
+
+    source = tiny_model("bert")
+    texts = [f"document {i} about {w}" for i, w in enumerate(["boats", "bread", "rivers"] * 8)]
+    torch_vectors = Embedder(source, show_progress=False).encode(texts)
+    exact = Embedder(str(export_embedder(source, tmp_path / "fp32", quantize=None)),
+                     show_progress=False)
+    assert exact.onnx is not None
+    assert np.allclose(exact.encode(texts), torch_vectors, atol=1e-5)
+    int8 = Embedder(str(export_embedder(source, tmp_path / "int8")), show_progress=False)
+    assert np.sum(int8.encode(texts) * torch_vectors, axis=1).min() > 0.98
+    # an export is another embedder: its vectors are never mixed with the torch model's
+    assert fingerprint(str(tmp_path / "int8")) != fingerprint(source)
+    kb = pk.KnowledgeBase.build([{"text": t} for t in texts], embedder=str(tmp_path / "int8"),
+                                path=tmp_path / "kb")
+    assert kb.search(texts[4], k=1)[0].text == texts[4]
+    reloaded = pk.KnowledgeBase.load(tmp_path / "kb")
+    assert reloaded.embedder.onnx is not None

@@ -1,4 +1,5 @@
-"""Sentence embeddings through sentence-transformers: batched, normalized, counted."""
+"""Sentence embeddings through sentence-transformers (or onnxruntime, for a folder written by
+``promptkit.export.export_embedder``): batched, normalized, counted."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from promptkit import models
+from promptkit import export, models
 
 
 class Embedder:
@@ -29,6 +30,9 @@ class Embedder:
         self.device = str(resolve_device(device))
         self.model = SentenceTransformer(models.resolve(name), device=self.device)
         self.dimension = int(self.model.get_embedding_dimension() or 0)
+        self.onnx: Any = None  # a folder from promptkit.export.export_embedder: onnxruntime
+        if export.is_onnx_embedder(models.resolve(name)):
+            self.onnx = export.OnnxEncoder(models.resolve(name))
         self.fingerprint = fingerprint(name)
         self.texts_encoded = 0
 
@@ -48,6 +52,11 @@ class Embedder:
             return np.zeros((0, self.dimension), dtype=np.float32)
         self.texts_encoded += len(texts)
         show = self.show_progress if progress is None else progress
+        if self.onnx is not None:
+            return np.asarray(
+                self.onnx.encode(texts, self.batch_size, show and len(texts) > self.batch_size),
+                dtype=np.float32,
+            )
         vectors = self.model.encode(
             texts,
             batch_size=self.batch_size,
@@ -73,7 +82,8 @@ def fingerprint(name: str) -> str:
     if not path.is_dir():
         return name
     digest = hashlib.sha256()
-    for weights in sorted(path.rglob("*.safetensors")) or sorted(path.rglob("*.bin")):
+    files = sorted(path.rglob("*.safetensors")) or sorted(path.rglob("*.bin"))
+    for weights in files + sorted(path.rglob("*.onnx")):  # an ONNX export differs from its model
         stat = weights.stat()
         key = (str(weights.resolve()), stat.st_size, stat.st_mtime_ns)
         if key not in _HASHES:  # hashed once per file version in a process

@@ -25,8 +25,8 @@ ENGINES = ("local", "ray")
 
 def encode_with_workers(embedder: Any, texts: list[str], workers: int) -> np.ndarray:
     """``embedder.encode(texts)`` spread over ``workers`` processes on this machine."""
-    if workers <= 1 or len(texts) < 2 * embedder.batch_size:
-        return embedder.encode(texts)
+    if workers <= 1 or len(texts) < 2 * embedder.batch_size or embedder.onnx is not None:
+        return embedder.encode(texts)  # onnxruntime already runs on every core
     model = embedder.model
     devices = [embedder.device] * workers
     pool = model.start_multi_process_pool(target_devices=devices)
