@@ -108,3 +108,27 @@ def test_onnx_embedder_matches_torch_and_builds_a_knowledge_base(tmp_path):
     assert kb.search(texts[4], k=1)[0].text == texts[4]
     reloaded = pk.KnowledgeBase.load(tmp_path / "kb")
     assert reloaded.embedder.onnx is not None
+
+
+def test_export_from_the_command_line(classifier, tmp_path):
+    import subprocess
+    import sys
+
+    classifier.save(tmp_path / "saved")
+
+    def promptkit(*args):
+        return subprocess.run([sys.executable, "-m", "promptkit", *args], capture_output=True,
+                              text=True, timeout=300)
+
+    done = promptkit("export", str(tmp_path / "saved"), "--out", str(tmp_path / "onnx"))
+    assert done.returncode == 0, done.stderr
+    assert "promptkit serve" in done.stdout and (tmp_path / "onnx" / "model.onnx").is_file()
+    texts = [r["text"] for r in toy_classification(8, seed=11)]
+    assert [p.label for p in pk.load_adapter(tmp_path / "onnx").predict(texts)] == [
+        p.label for p in classifier.predict(texts)]
+    done = promptkit("export", tiny_model("bert"), "--embedder", "--out", str(tmp_path / "emb"),
+                     "--quantize", "none")
+    assert done.returncode == 0 and "embedder=" in done.stdout, done.stderr
+    wrong = promptkit("export", str(tmp_path / "saved"), "--out", str(tmp_path / "x"),
+                      "--quantize", "int4")
+    assert wrong.returncode != 0 and "int4" in wrong.stderr
