@@ -132,3 +132,18 @@ def test_export_from_the_command_line(classifier, tmp_path):
     wrong = promptkit("export", str(tmp_path / "saved"), "--out", str(tmp_path / "x"),
                       "--quantize", "int4")
     assert wrong.returncode != 0 and "int4" in wrong.stderr
+
+
+def test_promptkit_serve_answers_with_the_onnx_export(classifier, tmp_path):
+    import httpx
+
+    from promptkit.testing import serving
+
+    classifier.export(tmp_path / "int8")
+    texts = [r["text"] for r in toy_classification(6, seed=13)]
+    local = pk.load_adapter(tmp_path / "int8").predict(texts)
+    with serving(tmp_path / "int8", options=["--name", "sentiment"]) as url:
+        answer = httpx.post(url + "/predict", json={"model": "sentiment", "input": texts},
+                            timeout=60).json()
+    labels = [p["label"] for p in answer["predictions"]]
+    assert labels == [p.label for p in local]
