@@ -63,7 +63,16 @@ def _pairs(name: str, kind: str, lr: float) -> tuple[str, Callable[[], Any], str
         epochs=3, batch_size=8, logging_steps=50), "pairs")
 
 
+def _distill() -> Any:
+    teacher = pk.create_adapter("full", model=tiny_model("bert"), task=_cls(), learning_rate=1e-3,
+                                **FAST)
+    teacher.fit(toy_classification(48))
+    return pk.create_adapter("distill", teacher=teacher, student=f"{tiny_model('bert')}-l1",
+                             task=_cls(), learning_rate=1e-3, **FAST)
+
+
 CASES: dict[str, list[tuple[str, Callable[[], Any], str]]] = {
+    "distill": [("bert-l1-cls", _distill, "cls")],
     "full": [*_trainable("full", 0.001), _pairs("full", "retrieval", 0.001), _pairs("full", "rerank", 0.001)],
     "lora": [*_trainable("lora", 0.01), _pairs("lora", "retrieval", 0.01), _pairs("lora", "rerank", 0.01)],
     "prompt_tuning": _trainable("prompt_tuning", 5e-2, num_virtual_tokens=4),

@@ -19,6 +19,7 @@ adapters.register("p_tuning", lazy="promptkit.adapters.peft_methods:PTuningAdapt
 adapters.register("ia3", lazy="promptkit.adapters.peft_methods:IA3Adapter")
 adapters.register("retrieval", lazy="promptkit.adapters.retrieval:RetrievalAdapter")
 adapters.register("knn", lazy="promptkit.adapters.knn:KnnAdapter")
+adapters.register("distill", lazy="promptkit.adapters.distill:DistillAdapter")
 
 
 def create_adapter(name: str, **settings: Any) -> Adapter:

@@ -118,6 +118,7 @@ class Adapter(ABC):
     name: ClassVar[str] = ""
     Config: ClassVar[type[AdapterConfig]] = AdapterConfig
     trains: ClassVar[bool] = True
+    needs_labels: ClassVar[bool] = True  # False: fit takes unlabelled records too (distill)
 
     def __init__(self, config: AdapterConfig) -> None:
         self.config = config
@@ -148,8 +149,8 @@ class Adapter(ABC):
         ``eval_data`` drives early stopping where the adapter supports it; ``resume=True``
         continues from the last checkpoint in ``run_dir``.
         """
-        records = self.task.prepare(train, name="training data")
-        if self.trains and self.task.kind == "classification":
+        records = self.task.prepare(train, require_target=self.needs_labels, name="training data")
+        if self.trains and self.task.kind == "classification" and self.needs_labels:
             seen = {r[self.task.label_field] for r in records}
             if len(seen) < 2:
                 raise DataError(

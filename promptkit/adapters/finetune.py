@@ -106,6 +106,9 @@ class TrainingConfig(AdapterConfig):
         return value
 
 
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
+
+
 class FineTuneAdapter(Adapter):
     """Shared Trainer pipeline. Subclasses change what trains through :meth:`_wrap_model`.
 
@@ -204,7 +207,7 @@ class FineTuneAdapter(Adapter):
     ) -> FitResult:
         from transformers import EarlyStoppingCallback
 
-        from promptkit.adapters.trainer import PromptkitTrainer, training_arguments
+        from promptkit.adapters.trainer import training_arguments
 
         if self.config.runtime == "onnx":
             raise ConfigError(
@@ -227,7 +230,7 @@ class FineTuneAdapter(Adapter):
         assert head is not None
         metric = self._metric()
         train = self._augmented(train)
-        train_rows = head.encode(train, with_targets=True)
+        train_rows = self._training_rows(train)
         eval_rows = head.encode(eval_data, with_targets=True) if eval_data else None
         # initial and final loss on one small fixed batch: a sanity check whose cost does not
         # grow with the data (64 rows cost 5% of a 640-example MiniLM fit; 16 rows, about 1%)
@@ -249,7 +252,7 @@ class FineTuneAdapter(Adapter):
             callbacks = []
             if self.config.early_stopping_patience:
                 callbacks.append(EarlyStoppingCallback(self.config.early_stopping_patience))
-            trainer = PromptkitTrainer(
+            trainer = self._trainer_class()(
                 model=self.model_,
                 args=args,
                 train_dataset=train_rows,
@@ -292,6 +295,16 @@ class FineTuneAdapter(Adapter):
             best_checkpoint=best,
         )
 
+    def _training_rows(self, train: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Encoded training rows (the distill adapter adds its teacher's probabilities)."""
+        assert self.head_ is not None
+        return self.head_.encode(train, with_targets=True)
+
+    def _trainer_class(self) -> Any:
+        from promptkit.adapters.trainer import PromptkitTrainer
+
+        return PromptkitTrainer
+
     def _augmented(self, train: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if not self.config.augment:
             return train
@@ -318,6 +331,7 @@ class FineTuneAdapter(Adapter):
         with torch.inference_mode():
             for start in range(0, len(rows), self.config.batch_size):
                 batch = collate(rows[start : start + self.config.batch_size])
+                batch = {k: v for k, v in batch.items() if k in MODEL_INPUTS}
                 losses.append(float(self.model_(**to_device(batch, device)).loss))
         self.model_.train()
         return sum(losses) / max(len(losses), 1)

@@ -101,3 +101,39 @@ class PromptkitTrainer(Trainer):
         )
         loss = loss_fn(outputs.logits.view(-1, outputs.logits.shape[-1]), labels.view(-1))
         return (loss, outputs) if return_outputs else loss
+
+
+class DistillTrainer(PromptkitTrainer):
+    """Knowledge distillation: ``alpha`` × KL to the teacher's probabilities at temperature T
+    (× T², so its gradients keep their scale as T changes) plus ``1 - alpha`` × cross-entropy on
+    the rows that carry a label (``has_label``)."""
+
+    def __init__(self, *args: Any, temperature: float, alpha: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.temperature, self.alpha = temperature, alpha
+
+    def compute_loss(
+        self,
+        model: Any,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> Any:
+        import torch.nn.functional as F
+
+        teacher = inputs.pop("teacher_probs").float()
+        known = inputs.pop("has_label").bool()
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        logits, t = outputs.logits.float(), self.temperature
+        target = F.softmax(torch.log(teacher.clamp_min(1e-8)) / t, dim=-1)
+        soft = F.kl_div(F.log_softmax(logits / t, dim=-1), target, reduction="batchmean") * t * t
+        loss = self.alpha * soft if known.any() else soft
+        if known.any():
+            weights = self.class_weights
+            weight = weights.to(logits.device) if weights is not None else None
+            hard = F.cross_entropy(
+                logits[known], labels[known], weight=weight, label_smoothing=self.smoothing
+            )
+            loss = loss + (1 - self.alpha) * hard
+        return (loss, outputs) if return_outputs else loss
