@@ -1,0 +1,102 @@
+"""Distillation on Rotten Tomatoes: a 3-layer MiniLM from the full MiniLM, and a classifier from
+zero-shot SmolLM2 using unlabelled reviews only.
+
+    python benchmarks/distill.py [--reuse] [--unlabelled 2000] [--smoke]
+
+1. Teacher: the MiniLM ``full`` classifier of benchmarks/serve_load.py (reused with --reuse).
+   Student: ``distill`` with ``student="minilm-l3"`` (layers 0, 2, 4 of the teacher's own
+   weights), trained on the 8,530 training reviews (their labels and the teacher's soft labels).
+2. Teacher: zero-shot SmolLM2-135M-Instruct (``prompt`` adapter, ``sentiment`` template).
+   Student: a MiniLM ``distill`` student trained on ``--unlabelled`` training reviews with their
+   labels removed, so it learns from the teacher's probabilities alone.
+
+Both are compared with their teachers on the 1,066 test reviews by promptkit's evaluator
+(accuracy with intervals, McNemar's exact test, predict throughput). Results go to
+benchmarks/results/distill.json, reports to runs/distill/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from serve_load import classifier
+
+import promptkit as pk
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--reuse", action="store_true", help="load the teacher a past run saved")
+    parser.add_argument("--unlabelled", type=int, default=2000,
+                        help="training reviews (labels removed) the LLM teacher labels")
+    parser.add_argument("--smoke", action="store_true", help="tiny models, toy data (a test)")
+    parser.add_argument("--out", default="runs/distill")
+    args = parser.parse_args()
+    out = Path(args.out)
+    task = pk.Task.classification(["negative", "positive"])
+    if args.smoke:
+        train = pk.testing.toy_classification(64)
+        test = pk.testing.toy_classification(32, seed=9)
+        encoder, llm, student = (pk.testing.tiny_model("bert"), pk.testing.tiny_model("gpt2"),
+                                 f"{pk.testing.tiny_model('bert')}-l1")
+    else:
+        data = pk.datasets.load("rotten_tomatoes")
+        train, test = data["train"], data["test"]
+        encoder, llm, student = "minilm", "smollm2-135m-instruct", "minilm-l3"
+    settings = {"epochs": 2, "batch_size": 32, "max_length": 64, "learning_rate": 1e-4,
+                "warmup_ratio": 0.1, "save_checkpoints": False, "logging_steps": 50}
+    result: dict[str, dict[str, object]] = {}
+
+    teacher = classifier(out / "minilm-teacher", args.reuse, args.smoke)
+    small = pk.create_adapter("distill", teacher=teacher, student=student, task=teacher.task,
+                              temperature=2.0, alpha=0.5, **settings)
+    fitted = small.fit(train)
+    report = pk.Evaluator(teacher.task).compare({"teacher": teacher, "student": small}, test)
+    report.title = f"MiniLM (6 layers) and its 3-layer student ({len(test)} reviews)"
+    print(report.table())
+    report.save(out / "layers")
+    result["minilm_l3"] = summary(report, "teacher", "student", fitted.fit_seconds)
+    result["minilm_l3"]["accuracy_share_of_teacher"] = round(
+        report["student"].metrics["accuracy"].value / report["teacher"].metrics["accuracy"].value, 4)
+
+    zero_shot = pk.create_adapter("prompt", model=llm, batch_size=16,
+                                  task=pk.Task.classification(["negative", "positive"],
+                                                              template="sentiment"))
+    unlabelled = [{"text": r["text"]} for r in train[: args.unlabelled]]
+    learner = pk.create_adapter("distill", teacher=zero_shot, student=encoder, task=task,
+                                temperature=1.0, alpha=1.0, **settings)
+    fitted = learner.fit(unlabelled)
+    report = pk.Evaluator(task).compare({"zero_shot_llm": zero_shot, "student": learner}, test)
+    report.title = (f"Zero-shot SmolLM2 and a MiniLM taught by it on {len(unlabelled)} unlabelled "
+                    f"reviews ({len(test)} test reviews)")
+    print(report.table())
+    report.save(out / "llm")
+    result["from_zero_shot_llm"] = summary(report, "zero_shot_llm", "student", fitted.fit_seconds)
+    result["from_zero_shot_llm"]["unlabelled_reviews"] = len(unlabelled)
+    print(json.dumps(result, indent=1))
+    if not args.smoke:
+        Path("benchmarks/results/distill.json").write_text(json.dumps(result, indent=1) + "\n")
+
+
+def summary(report: pk.Report, teacher: str, student: str, fit_seconds: float) -> dict[str, object]:
+    def accuracy(name: str) -> dict[str, float]:
+        value = report[name].metrics["accuracy"]
+        return {"value": round(value.value, 4), "low": round(value.low, 4),
+                "high": round(value.high, 4)}
+
+    test = next(c for c in report.comparisons if c.metric == "accuracy")
+    speed = {n: report[n].costs["predict_examples_per_second"] for n in (teacher, student)}
+    return {
+        "teacher_accuracy": accuracy(teacher),
+        "student_accuracy": accuracy(student),
+        "mcnemar_p": test.p_value,
+        "examples_per_second": speed,
+        "speedup": round(speed[student] / speed[teacher], 2),
+        "student_fit_seconds": round(fit_seconds, 1),
+    }
+
+
+if __name__ == "__main__":
+    main()
