@@ -64,7 +64,7 @@ def main() -> None:
         "int8": pk.KnowledgeBase.build(source, embedder=str(onnx_dir), chunking=chunking),
     }
 
-    def searcher(kb: pk.KnowledgeBase):  # noqa: ANN202
+    def searcher(kb: pk.KnowledgeBase):
         return lambda q: [h.metadata.get("heading")
                           for h in kb.search(q, k=10, distinct="heading")]
 

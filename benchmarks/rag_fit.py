@@ -16,6 +16,7 @@ from pathlib import Path
 
 import promptkit as pk
 
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--split", default="validation", choices=["validation", "test"])
