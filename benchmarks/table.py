@@ -118,6 +118,41 @@ def write_table(folder: Path) -> Path:
             f"{local['high']:.3f}]; agreement {ap['agreement']:.0%}; rerun "
             f"{ap['http_calls']['second_run']} HTTP calls", "inside the local interval",
             ap["api_within_local_interval"])
+    if ox := _load(folder, "onnx_int8"):
+        acc = ox["accuracy"]
+        row(f"ONNX int8 `full` MiniLM vs torch fp32, {ox['examples']:,} test reviews: accuracy "
+            "(McNemar p)", f"{acc['int8']:.3f} vs {acc['fp32']:.3f} "
+            f"({ox['accuracy_difference_points']:+.2f} points, p = {ox['mcnemar_p']:.2f})",
+            "within 1 point, p ≥ 0.05",
+            abs(ox["accuracy_difference_points"]) <= 1 and ox["mcnemar_p"] >= 0.05)
+        row("… predict throughput (vs promptkit's fp32 predict, same run) / model file",
+            f"{ox['speedup']}x ({ox['examples_per_second']['int8']:.0f} vs "
+            f"{ox['examples_per_second']['fp32']:.0f} ex/s); {ox['onnx_file_mb']} MB",
+            "≥ 2.5x; ≤ 25 MB", ox["speedup"] >= 2.5 and ox["onnx_file_mb"] <= 25)
+    if oe := _load(folder, "onnx_embedder"):
+        fp32, int8 = oe["recall"]["all"]["fp32"], oe["recall"]["all"]["int8"]
+        row(f"ONNX int8 MiniLM embedder: knowledge-base build of {oe['texts']:,} reviews vs raw "
+            "SentenceTransformer.encode (texts/s)", f"{oe['build_speedup']}x "
+            f"({oe['onnx_knowledge_base_build_texts_per_second']:.0f} vs "
+            f"{oe['raw_sentence_transformers_texts_per_second']:.0f})", "≥ 2x",
+            oe["build_speedup"] >= 2)
+        row("… Python FAQ recall@10, all questions, int8 vs fp32",
+            f"{int8['recall@10']:.3f} vs {fp32['recall@10']:.3f}", "within 1 point",
+            abs(int8["recall@10"] - fp32["recall@10"]) <= 0.01)
+    if ds := _load(folder, "distill"):
+        small = ds["minilm_l3"]
+        row("distilled MiniLM-L3 from the `full` MiniLM teacher: accuracy (share of the "
+            "teacher's) / predict throughput", f"{small['student_accuracy']['value']:.3f} vs "
+            f"{small['teacher_accuracy']['value']:.3f} ({small['accuracy_share_of_teacher']:.1%}); "
+            f"{small['speedup']}x", "≥ 98%; ≥ 1.8x",
+            small["accuracy_share_of_teacher"] >= 0.98 and small["speedup"] >= 1.8)
+        llm = ds["from_zero_shot_llm"]
+        student, teacher = llm["student_accuracy"], llm["teacher_accuracy"]
+        row(f"MiniLM taught by zero-shot SmolLM2 on {llm['unlabelled_reviews']:,} unlabelled "
+            "reviews vs the teacher itself (accuracy, McNemar p)",
+            f"{student['value']:.3f} [{student['low']:.3f}, {student['high']:.3f}] vs "
+            f"{teacher['value']:.3f} (p = {llm['mcnemar_p']:.3g})", "beats the teacher",
+            student["value"] > teacher["value"] and llm["mcnemar_p"] < 0.05)
     text = "\n".join(lines) + "\n"
     if q := _load(folder, "quality"):
         text += (f"\nRotten Tomatoes test accuracy and macro-F1 on {q['test_examples']:,} test "
