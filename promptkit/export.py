@@ -82,23 +82,10 @@ def export_classifier(
     model: Any, tokenizer: Any, target: Path, quantize: str | None, opset: int = 17
 ) -> None:
     """Write ``model`` (a sequence classifier) to ``target`` as ONNX, int8 if asked."""
-    import torch
-
     require_onnxruntime()
     sample = tokenizer(SAMPLES, return_tensors="pt", padding=True)
     names = [n for n in INPUT_NAMES if n in sample]
-
-    class Logits(torch.nn.Module):
-        """Keyword arguments for the transformers model; ONNX passes them by position."""
-
-        def __init__(self, inner: Any) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, *tensors: Any) -> Any:
-            return self.inner(**dict(zip(names, tensors, strict=True))).logits
-
-    _trace(Logits(model), names, sample, "logits", target, quantize, opset)
+    _trace(model, names, sample, "logits", target, quantize, opset)
 
 
 def reference_outputs(
@@ -147,7 +134,7 @@ EMBEDDER_MARK = "promptkit_onnx.json"
 
 
 def _trace(
-    module: Any,
+    model: Any,
     names: list[str],
     sample: Any,
     output: str,
@@ -155,8 +142,19 @@ def _trace(
     quantize: str | None,
     opset: int = 17,
 ) -> None:
-    """``module(*inputs)`` to ONNX at ``target`` (dynamic batch and length), int8 if asked."""
+    """``model(**inputs).<output>`` to ONNX at ``target`` (dynamic batch and length), int8 if
+    asked. transformers models take keyword arguments; the exporter passes them by position."""
     import torch
+
+    class Positional(torch.nn.Module):
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *tensors: Any) -> Any:
+            return getattr(self.inner(**dict(zip(names, tensors, strict=True))), output)
+
+    module = Positional(model)
 
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
     out_axes = {0: "batch", 1: "sequence"} if output == "last_hidden_state" else {0: "batch"}
@@ -199,7 +197,6 @@ def export_embedder(
     plain folder it also is. Loading checks the ONNX vectors of stored samples against the torch
     ones (cosine >= ``min_cosine``). The folder's weights fingerprint includes the ONNX file, so
     a knowledge base never mixes its vectors with the torch model's."""
-    import torch
     from sentence_transformers import SentenceTransformer
 
     from promptkit import models
@@ -213,18 +210,9 @@ def export_embedder(
     sample = tokenizer(SAMPLES, return_tensors="pt", padding=True)
     names = [n for n in INPUT_NAMES if n in sample]
     transformer = model[0].auto_model
-
-    class Hidden(torch.nn.Module):
-        def __init__(self, inner: Any) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, *tensors: Any) -> Any:
-            return self.inner(**dict(zip(names, tensors, strict=True))).last_hidden_state
-
     (target / "onnx").mkdir(exist_ok=True)
     _trace(
-        Hidden(transformer),
+        transformer,
         names,
         sample,
         "last_hidden_state",
