@@ -61,13 +61,13 @@ class OnnxClassifier:
         import numpy as np
         import torch
 
-        feed = {
-            name: np.asarray(
-                inputs[name].cpu().numpy() if hasattr(inputs[name], "cpu") else inputs[name],
-                dtype=np.int64,
-            )
-            for name in self.inputs
+        given = {
+            name: np.asarray(value.cpu().numpy() if hasattr(value, "cpu") else value, np.int64)
+            for name, value in inputs.items()
         }
+        ids = given["input_ids"]
+        defaults = {"token_type_ids": np.zeros_like(ids), "attention_mask": np.ones_like(ids)}
+        feed = {name: given[name] if name in given else defaults[name] for name in self.inputs}
         logits = self.session.run(["logits"], feed)[0]
         return types.SimpleNamespace(logits=torch.from_numpy(logits))
 

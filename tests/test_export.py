@@ -12,6 +12,8 @@ from promptkit.testing import tiny_model, toy_classification
 
 pytest.importorskip("onnxruntime")
 
+FAST_SETTINGS = {"learning_rate": 1e-4, "logging_steps": 100, "save_checkpoints": False}
+
 
 @pytest.fixture(scope="module")
 def classifier():
@@ -152,3 +154,16 @@ def test_promptkit_serve_answers_with_the_onnx_export(classifier, tmp_path):
                             timeout=60).json()
     labels = [p["label"] for p in answer["predictions"]]
     assert labels == [p.label for p in local]
+
+
+@pytest.mark.slow
+def test_minilm_export_fills_the_token_types_its_graph_takes(tmp_path):
+    adapter = pk.create_adapter("full", model="minilm", task=pk.Task.classification(
+        ["negative", "positive"]), epochs=1, batch_size=8, max_length=32, **FAST_SETTINGS)
+    adapter.fit(toy_classification(16))
+    adapter.export(tmp_path / "minilm", quantize=None)
+    loaded = pk.load_adapter(tmp_path / "minilm")  # its check on load predicts the samples
+    assert "token_type_ids" in loaded.model_.inputs  # BERT graphs take them; rows carry none
+    texts = [r["text"] for r in toy_classification(8, seed=2)]
+    for a, b in zip(loaded.predict(texts), adapter.predict(texts), strict=True):
+        assert a.scores["positive"] == pytest.approx(b.scores["positive"], abs=1e-4)
