@@ -5,12 +5,12 @@ zero-shot SmolLM2 using unlabelled reviews only.
 
 1. Teacher: the MiniLM ``full`` classifier of benchmarks/serve_load.py (reused with --reuse).
    Student: ``distill`` with ``student="minilm-l3"`` (layers 0, 2, 4 of the teacher's own
-   weights), trained on the 8,530 training reviews (their labels and the teacher's soft labels).
+   weights), trained on the 10,201 training reviews (their labels and the teacher's soft labels).
 2. Teacher: zero-shot SmolLM2-135M-Instruct (``prompt`` adapter, ``sentiment`` template).
    Student: a MiniLM ``distill`` student trained on ``--unlabelled`` training reviews with their
    labels removed, so it learns from the teacher's probabilities alone.
 
-Both are compared with their teachers on the 1,066 test reviews by promptkit's evaluator
+Both are compared with their teachers on the test reviews (1,276) by promptkit's evaluator
 (accuracy with intervals, McNemar's exact test, predict throughput). Results go to
 benchmarks/results/distill.json, reports to runs/distill/.
 """

@@ -4,7 +4,7 @@
 
 Fits (or, with --reuse, loads) the MiniLM ``full`` classifier of benchmarks/serve_load.py,
 exports it with ``adapter.export(dir, format="onnx", quantize="int8")``, loads the export (which
-checks it against the torch outputs it stored) and compares both on the 1,066 test reviews with
+checks it against the torch outputs it stored) and compares both on the test reviews (1,276) with
 promptkit's evaluator: accuracy with intervals, McNemar's exact test, predict throughput (each
 adapter warmed up first, then timed over the whole split), and the model file's size. Results go
 to benchmarks/results/onnx_int8.json and the report to runs/onnx-int8.
