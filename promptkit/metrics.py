@@ -120,9 +120,7 @@ class GenerationBatch:
         what answer-quality metrics read, since citations are scored on their own."""
         if self.contexts is None:
             return list(self.preds)
-        return [
-            strip_citations(p, len(c)) for p, c in zip(self.preds, self.contexts, strict=True)
-        ]
+        return [strip_citations(p, len(c)) for p, c in zip(self.preds, self.contexts, strict=True)]
 
 
 CITATION = re.compile(r"\[(\d{1,3})\]")
@@ -391,8 +389,6 @@ def _gold(batch: GenerationBatch, metric: str) -> list[list[bool]]:
 
 def _context_recall(batch: GenerationBatch) -> np.ndarray:
     return np.array([float(any(g)) for g in _gold(batch, "context_recall")])
-
-
 
 
 def _citation_accuracy(batch: GenerationBatch) -> np.ndarray:
