@@ -107,7 +107,14 @@ class DistillAdapter(FullFineTune):
             raise ConfigError("The distill adapter needs teacher=<a fitted classifier or its dir>.")
         predictions = self.teacher_.predict(train)
         labels = self.task.labels
-        self.soft_ = [[float(p.scores.get(label, 0.0)) for label in labels] for p in predictions]
+        if any(p.scores is None for p in predictions):
+            raise ConfigError(
+                f"The teacher ({self.teacher_.name}) gives labels without probabilities; distill "
+                "needs a teacher that scores every label."
+            )
+        self.soft_ = [
+            [float((p.scores or {}).get(label, 0.0)) for label in labels] for p in predictions
+        ]
         self.pseudo_ = [p.label for p in predictions]
         return super()._fit(train, eval_data, resume=resume, run_dir=run_dir)
 
@@ -153,7 +160,7 @@ class DistillAdapter(FullFineTune):
 
         teacher = self.teacher_
         source = getattr(teacher, "model_", None)
-        if source is None or getattr(teacher.config, "model", None) != base:
+        if teacher is None or source is None or getattr(teacher.config, "model", None) != base:
             return None
         if hasattr(source, "merge_and_unload"):  # LoRA and friends: fold into a copy
             return copy.deepcopy(source).merge_and_unload()
