@@ -27,7 +27,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from promptkit.evaluation.evaluator import library_versions  # noqa: E402
+from promptkit.evaluation.results import library_versions  # noqa: E402
 
 
 def summarize(times: list[float]) -> dict[str, float]:

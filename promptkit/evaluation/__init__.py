@@ -1,7 +1,8 @@
 """Evaluation: metrics with bootstrap intervals, paired significance tests, reports."""
 
-from promptkit.evaluation.evaluator import AdapterResult, Comparison, Evaluator
+from promptkit.evaluation.evaluator import Evaluator
 from promptkit.evaluation.report import Report
+from promptkit.evaluation.results import AdapterResult, Comparison
 from promptkit.evaluation.stats import (
     Interval,
     bootstrap,

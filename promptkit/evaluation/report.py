@@ -12,7 +12,7 @@ from promptkit.artifacts import write_files
 from promptkit.data import write_jsonl
 
 if TYPE_CHECKING:
-    from promptkit.evaluation.evaluator import AdapterResult, Comparison
+    from promptkit.evaluation.results import AdapterResult, Comparison
 
 COST_COLUMNS = [
     ("fit_seconds", "fit s"),
