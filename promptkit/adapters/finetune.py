@@ -40,6 +40,11 @@ class TrainingConfig(AdapterConfig):
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
     gradient_accumulation_steps: int = Field(1, ge=1)
     max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm (0 disables).")
+    group_by_length: bool = Field(
+        True,
+        description="Batch training rows of similar length (shuffled groups), so that padding "
+        "wastes little compute; False draws batches uniformly at random.",
+    )
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     dropout: float | None = Field(None, ge=0, lt=1, description="Override the model's dropout.")
     class_weights: Literal["balanced"] | dict[str, float] | None = Field(

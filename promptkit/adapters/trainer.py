@@ -31,6 +31,8 @@ def training_arguments(
         lr_scheduler_type=config.lr_scheduler,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         max_grad_norm=config.max_grad_norm,
+        # rows are padded per batch (the heads' collators); grouping by length keeps that small
+        train_sampling_strategy="group_by_length" if config.group_by_length else "random",
         seed=config.seed,
         data_seed=config.seed,
         eval_strategy=strategy,
