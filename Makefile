@@ -37,7 +37,7 @@ test-gpu: setup
 
 demo: setup
 	HF_HUB_OFFLINE=1 $(BIN)/promptkit run examples/configs/demo.yaml
-	HF_HUB_OFFLINE=1 $(BIN)/python examples/knowledge_pays.py --epochs 1 --pair-epochs 1 --out runs/demo/python_faq_knowledge
+	HF_HUB_OFFLINE=1 $(BIN)/python examples/knowledge_pays.py --demo --out runs/demo/python_faq_knowledge
 	@cat runs/demo/serve.txt
 
 # the peers the benchmarks compare against (LangChain's and LlamaIndex's FAISS stores)

@@ -16,8 +16,8 @@ SmolLM2-135M-Instruct, it compares in one report:
 
 The report (token F1, ROUGE-L, context recall, citation accuracy, with intervals, paired tests,
 and a plot of answer quality against retrieval recall) goes to ``--out``, with a second table of
-the three retrievers' recall. ``make demo`` runs it with ``--epochs 1`` to keep within its time;
-the default (3 epochs) is the full-size run, as are benchmarks/rag_fit.py (readers on validation
+the three retrievers' recall. ``make demo`` runs it with ``--demo`` (one epoch, two passages,
+shorter answers) to keep within its time; the default (3 epochs) is the full-size run, as are benchmarks/rag_fit.py (readers on validation
 or test) and benchmarks/retriever_fit.py (retrievers, fusion and reranking).
 """
 
@@ -40,17 +40,27 @@ def main() -> None:
         "--epochs",
         type=float,
         default=3,
-        help="passes of the LoRA readers over the training questions (make demo uses 1)",
+        help="passes of the LoRA readers over the training questions (--demo: 1)",
     )
     parser.add_argument(
         "--pair-epochs",
         type=float,
         default=3,
         help="passes of the retriever and the reranker over the training "
-        "question-passage pairs (make demo uses 1)",
+        "question-passage pairs (--demo: 1)",
+    )
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="the size make demo runs: one epoch for every fit, the top 2 passages, answers of "
+        "up to 32 tokens (about 7 minutes on 2 cores instead of about 30)",
     )
     parser.add_argument("--out", default="runs/demo/python_faq_knowledge")
     args = parser.parse_args()
+    passages, answer_tokens = 3, 48
+    if args.demo:
+        args.epochs = args.pair_epochs = 1
+        passages, answer_tokens = 2, 32
     out = Path(args.out)
     started = time.perf_counter()
     faq = pk.datasets.load("python_faq")
@@ -107,7 +117,7 @@ def main() -> None:
     rag_task = pk.Task.generation(template="rag_qa", prompt_fields=["question"])
     # tiny GPT-2 reads 128 positions: passages are dropped to fit (the drop list), not the point
     generation = {
-        "max_new_tokens": 8 if FAST else 48,
+        "max_new_tokens": 8 if FAST else answer_tokens,
         "batch_size": 8,
         "max_length": 128 if FAST else 448,
     }
@@ -125,7 +135,7 @@ def main() -> None:
         "save_checkpoints": False,
         **generation,
     }
-    retrieval = {"knowledge": kb, "top_k": 3, "distinct": "heading"}
+    retrieval = {"knowledge": kb, "top_k": passages, "distinct": "heading"}
     adapters = {
         "closed_book": pk.create_adapter("prompt", model=reader, task=closed_task, **generation),
         "zero_shot_rag": pk.create_adapter(
@@ -151,7 +161,7 @@ def main() -> None:
         "retrieval",
         base=adapters["lora_rag"].base_,
         knowledge=adapted,
-        top_k=3,
+        top_k=passages,
         distinct="heading",
         rerank=reranker,
         candidates=20,

@@ -28,3 +28,20 @@ def test_readme_holds_the_committed_benchmark_table(tmp_path):
     copy.write_text(f"intro\n{START}\nold\n{END}\noutro\n")
     include_in_readme("| new |\n", copy)
     assert copy.read_text() == f"intro\n{START}\n| new |\n{END}\noutro\n"
+
+
+def test_train_efficiency_smoke(tmp_path):
+    out = tmp_path / "train_efficiency.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "train_efficiency.py"), "--smoke",
+         "--out", str(out)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    import json
+
+    saved = json.loads(out.read_text())
+    curve = saved["promptkit"]["curve"]
+    assert len(curve) >= 2 and all(0 <= p["accuracy"] <= 1 for p in curve)
+    assert [p["seconds"] for p in curve] == sorted(p["seconds"] for p in curve)
+    flops = saved["flops"]
+    assert flops["padded_tokens"]["grouped"] >= flops["real_tokens"] > 0
+    assert 0 < flops["mfu"]["promptkit"] < 1

@@ -227,10 +227,37 @@ def test_compare_report_files(tiny_bert, sentiment_task, toy_data, tmp_path):
     for key in ("libraries", "template_sha256", "data_sha256"):
         assert key in saved["reproducibility"]
     html = (tmp_path / "report" / "report.html").read_text()
-    assert html.count("data:image/png;base64,") >= 3
+    assert html.count("data:image/png;base64,") >= 4
+    assert "Quality against cost, with the Pareto front" in html
+    assert saved["pareto_front"] and set(saved["pareto_front"]) <= {"k3", "k15"}
+    assert saved["pareto_front"] == report.pareto_front()
     rows = (tmp_path / "report" / "predictions.jsonl").read_text().splitlines()
     assert len(rows) == 2 * 16
     assert "k3" in report.table() and "McNemar" in report.markdown()
+
+
+def test_pareto_front_keeps_exactly_the_undominated():
+    from promptkit.evaluation.tradeoff import pareto_front
+
+    points = {"full": (0.78, 250.0), "int8": (0.77, 480.0), "lora": (0.78, 240.0),
+              "knn": (0.72, 180.0), "tie": (0.77, 480.0)}
+    assert pareto_front(points) == ["int8", "tie", "full"]  # fastest first; lora, knn dominated
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(1, 5)), min_size=1, max_size=8))
+def test_pareto_front_property(pairs):
+    from promptkit.evaluation.tradeoff import pareto_front
+
+    points = {f"a{i}": (float(q), float(s)) for i, (q, s) in enumerate(pairs)}
+    front = set(pareto_front(points))
+
+    def beats(a, b):
+        return a[0] >= b[0] and a[1] >= b[1] and a != b
+
+    for name, point in points.items():
+        dominated = any(beats(other, point) for other in points.values())
+        assert (name in front) == (not dominated)
 
 
 def test_compare_over_seeds(tiny_bert, sentiment_task, toy_data):

@@ -43,6 +43,34 @@ def test_early_stopping_and_metrics_log(tiny_bert, sentiment_task, toy_data, tmp
     assert "accuracy" in result.eval_metrics
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert any("eval_accuracy" in line for line in lines)
+    elapsed = [line["elapsed_s"] for line in lines]
+    assert elapsed == sorted(elapsed) and elapsed[-1] > 0
+
+
+def test_group_by_length_pads_less(tiny_bert, sentiment_task):
+    import random
+
+    rng = random.Random(0)
+    words = ["good", "bad", "film", "plot", "acting", "dull", "great"]
+    rows = [{"text": " ".join(rng.choices(words, k=rng.choice([2, 3, 40, 45]))),
+             "label": rng.choice(["negative", "positive"])} for _ in range(256)]
+    padded = {}
+    for grouped in (True, False):
+        adapter = pk.create_adapter("full", model=tiny_bert, task=sentiment_task, epochs=1,
+                                    batch_size=8, max_length=64, group_by_length=grouped)
+        adapter.fit(rows)  # builds the model; the second fit below is the one measured
+        seen = []
+
+        def hook(module, args, kwargs):
+            if module.training:  # training batches only (not the loss probe or the profile)
+                seen.append(kwargs["input_ids"].numel())
+
+        handle = adapter.model_.register_forward_pre_hook(hook, with_kwargs=True)
+        adapter.fit(rows)
+        handle.remove()
+        padded[grouped] = sum(seen)
+    # two length groups: grouped batches hold one kind, random ones mostly pad short to long
+    assert padded[True] < 0.75 * padded[False], padded
 
 
 def test_early_stopping_needs_eval_data(tiny_bert, sentiment_task, toy_data):

@@ -4,6 +4,7 @@ JSONL metrics log. The Trainer owns the loop; promptkit only configures it."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -55,17 +56,25 @@ def training_arguments(
 
 
 class MetricsLog(TrainerCallback):
-    """Append every logged dict (losses, learning rate, eval metrics) to a JSONL file."""
+    """Append every logged dict (losses, learning rate, eval metrics) to a JSONL file, with
+    ``elapsed_s``: wall seconds since training began (evaluations included; each evaluation's
+    own ``eval_runtime`` is logged beside it)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.began = time.perf_counter()
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.began = time.perf_counter()
 
     def on_log(
         self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
     ) -> None:
         if logs and state.is_world_process_zero:
+            elapsed = round(time.perf_counter() - self.began, 3)
             with open(self.path, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+                line = {"step": state.global_step, "elapsed_s": elapsed, **logs}
+                handle.write(json.dumps(line) + "\n")
 
 
 class PromptkitTrainer(Trainer):

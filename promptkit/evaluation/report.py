@@ -88,6 +88,7 @@ class Report:
                 for r in self.results
             },
             "comparisons": [c.to_dict() for c in self.comparisons],
+            "pareto_front": self.pareto_front(),
             "reproducibility": self.reproducibility,
         }
 
@@ -127,6 +128,16 @@ class Report:
                 row.append(f"{mean:.3f} ± {sd:.3f} ({min(values):.3f}–{max(values):.3f})")
             rows.append(row)
         return rows
+
+    def pareto_front(self) -> list[str]:
+        """Adapters that no other adapter beats on both the primary metric (the first) and
+        predict throughput, fastest first; empty when fewer than two have both figures."""
+        from promptkit.evaluation.tradeoff import cost_points, pareto_front
+
+        if not self.metric_names:
+            return []
+        points = cost_points(self.results, self.metric_names[0])
+        return pareto_front(points) if len(points) >= 2 else []
 
     def cost_columns(self) -> list[tuple[str, str]]:
         return [
@@ -217,6 +228,12 @@ class Report:
                 "| " + " | ".join([r.name, *[_fmt(r.costs.get(k)) for k, _ in costs]]) + " |"
                 for r in self.results
             ]
+            if front := self.pareto_front():
+                lines += [
+                    "",
+                    f"Best trade-offs ({self.metric_names[0]} against predict throughput; no "
+                    f"other adapter is both better and faster): {', '.join(front)}.",
+                ]
         if self.comparisons:
             lines += [
                 "",
@@ -318,6 +335,12 @@ class Report:
             ax.legend(fontsize=8, ncols=min(4, len(names)))
             plots.append(("F1 per class", _png(fig)))
         plots += self._quality_against_recall(plt)
+        if shown:
+            from promptkit.evaluation.tradeoff import quality_against_cost
+
+            drawn = quality_against_cost(self.results, self.metric_names[0], plt)
+            if drawn is not None:
+                plots.append(("Quality against cost, with the Pareto front", _png(drawn[0])))
         return plots
 
     def _quality_against_recall(self, plt: Any) -> list[tuple[str, str]]:
@@ -367,6 +390,7 @@ class Report:
             if costs
             else [],
             "primary_metric": primary,
+            "pareto_front": self.pareto_front(),
             "test_header": test_header,
             "primary_tests": [c.cells() for c in self.comparisons if c.metric == primary],
             "other_tests": [c.cells() for c in self.comparisons if c.metric != primary],
