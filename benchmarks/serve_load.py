@@ -52,12 +52,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start(path: Path, batching: bool) -> tuple[subprocess.Popen[str], str]:
+def start(path: Path, batching: bool, options: list[str]) -> tuple[subprocess.Popen[str], str]:
     import httpx
 
     port = free_port()
     command = [sys.executable, "-m", "promptkit", "serve", str(path), "--name", "sentiment",
-               "--port", str(port), "--max-batch-size", "32", "--max-wait-ms", "10"]
+               "--port", str(port), *options]
     if not batching:
         command.append("--no-batching")
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -115,6 +115,8 @@ def main() -> None:
     parser.add_argument("--work", default="runs/serve-bench")
     parser.add_argument("--reuse", action="store_true")
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--server", default="",
+                        help="extra promptkit serve options, e.g. '--workers 2 --max-batch-size 16'")
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args()
     path = Path(args.work) / "sentiment"
@@ -128,9 +130,10 @@ def main() -> None:
     adapter.predict(texts)
     offline = len(texts) / (time.perf_counter() - started)
     result: dict[str, Any] = {"offline_predict_per_second": offline, "clients": args.clients,
-                              "model": "minilm full classifier, max_length 64"}
+                              "model": "minilm full classifier, max_length 64",
+                              "server_options": args.server or "defaults"}
     for label, batching in (("batching", True), ("no_batching", False)):
-        process, url = start(path, batching)
+        process, url = start(path, batching, args.server.split())
         try:
             asyncio.run(load(url, texts[: args.clients * 2], args.clients))  # warm up
             result[label] = asyncio.run(load(url, texts, args.clients))

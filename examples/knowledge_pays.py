@@ -16,8 +16,8 @@ SmolLM2-135M-Instruct, it compares in one report:
 
 The report (token F1, ROUGE-L, context recall, citation accuracy, with intervals, paired tests,
 and a plot of answer quality against retrieval recall) goes to ``--out``, with a second table of
-the three retrievers' recall. ``make demo`` runs it with ``--demo`` (one epoch, two passages,
-shorter answers) to keep within its time; the default (3 epochs) is the full-size run, as are benchmarks/rag_fit.py (readers on validation
+the three retrievers' recall. ``make demo`` runs it with ``--demo`` (one epoch, one hard
+negative, reranking the top 10) to keep within its time; the default (3 epochs) is the full-size run, as are benchmarks/rag_fit.py (readers on validation
 or test) and benchmarks/retriever_fit.py (retrievers, fusion and reranking).
 """
 
@@ -52,15 +52,15 @@ def main() -> None:
     parser.add_argument(
         "--demo",
         action="store_true",
-        help="the size make demo runs: one epoch for every fit, the top 2 passages, answers of "
-        "up to 32 tokens (about 7 minutes on 2 cores instead of about 30)",
+        help="the size make demo runs: one epoch for every fit, one mined hard negative per "
+        "training question, reranking of the top 10 (about 10 minutes on 2 cores, not 30)",
     )
     parser.add_argument("--out", default="runs/demo/python_faq_knowledge")
     args = parser.parse_args()
-    passages, answer_tokens = 3, 48
+    negatives, candidates = 3, 20
     if args.demo:
         args.epochs = args.pair_epochs = 1
-        passages, answer_tokens = 2, 32
+        negatives, candidates = 1, 10
     out = Path(args.out)
     started = time.perf_counter()
     faq = pk.datasets.load("python_faq")
@@ -82,7 +82,7 @@ def main() -> None:
         "model": embedder,
         "negatives_embedder": embedder,
         "negatives_from": kb,
-        "hard_negatives": 3,
+        "hard_negatives": negatives,
         "batch_size": 16,
         "learning_rate": 2e-5,
         "warmup_ratio": 0.1,
@@ -108,7 +108,7 @@ def main() -> None:
         reranker,
         [q["question"] for q in validation],
         [q["passage_id"] for q in validation],
-        candidates=20,
+        candidates=candidates,
         distinct="heading",
     )
     print(f"   reranker weight chosen on validation: {weight}")
@@ -117,7 +117,7 @@ def main() -> None:
     rag_task = pk.Task.generation(template="rag_qa", prompt_fields=["question"])
     # tiny GPT-2 reads 128 positions: passages are dropped to fit (the drop list), not the point
     generation = {
-        "max_new_tokens": 8 if FAST else answer_tokens,
+        "max_new_tokens": 8 if FAST else 48,
         "batch_size": 8,
         "max_length": 128 if FAST else 448,
     }
@@ -135,7 +135,7 @@ def main() -> None:
         "save_checkpoints": False,
         **generation,
     }
-    retrieval = {"knowledge": kb, "top_k": passages, "distinct": "heading"}
+    retrieval = {"knowledge": kb, "top_k": 3, "distinct": "heading"}
     adapters = {
         "closed_book": pk.create_adapter("prompt", model=reader, task=closed_task, **generation),
         "zero_shot_rag": pk.create_adapter(
@@ -161,10 +161,10 @@ def main() -> None:
         "retrieval",
         base=adapters["lora_rag"].base_,
         knowledge=adapted,
-        top_k=passages,
+        top_k=3,
         distinct="heading",
         rerank=reranker,
-        candidates=20,
+        candidates=candidates,
         rerank_weight=weight,
     )
 
@@ -184,7 +184,7 @@ def main() -> None:
             "minilm": searcher(kb),
             "adapted": searcher(adapted),
             "adapted_reranked": searcher(
-                adapted, rerank=reranker, candidates=20, rerank_weight=weight
+                adapted, rerank=reranker, candidates=candidates, rerank_weight=weight
             ),
         },
         [q["question"] for q in questions],

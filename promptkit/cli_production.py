@@ -27,6 +27,9 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface; 0.0.0.0 exposes the server.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
     workers: Annotated[int, typer.Option(help="Server processes.")] = 1,
+    threads: Annotated[
+        int | None, typer.Option(help="Model threads per worker (default: cores / workers).")
+    ] = None,
     batching: Annotated[bool, typer.Option(help="Group concurrent requests.")] = True,
     max_batch_size: Annotated[int, typer.Option(help="Inputs per forward pass.")] = 32,
     max_wait_ms: Annotated[float, typer.Option(help="Longest wait for a batch to fill.")] = 10.0,
@@ -49,6 +52,7 @@ def serve(
             "host": host,
             "port": port,
             "workers": workers,
+            "threads": threads,
             "batching": batching,
             "max_batch_size": max_batch_size,
             "max_wait_ms": max_wait_ms,

@@ -61,7 +61,7 @@ def test_group_by_length_pads_less(tiny_bert, sentiment_task):
         adapter.fit(rows)  # builds the model; the second fit below is the one measured
         seen = []
 
-        def hook(module, args, kwargs):
+        def hook(module, args, kwargs, seen=seen):
             if module.training:  # training batches only (not the loss probe or the profile)
                 seen.append(kwargs["input_ids"].numel())
 

@@ -41,6 +41,7 @@ def serve(
         "port": config.port,
         "log_level": "warning",
         "timeout_graceful_shutdown": 60,
+        "access_log": False,  # requests are counted in /metrics and the request log
     }
     if config.workers == 1:
         uvicorn.run(create_app(models, knowledge, config), **settings)

@@ -37,6 +37,12 @@ class ServeConfig(StrictModel):
     host: str = Field("127.0.0.1", description="Interface to bind; 0.0.0.0 exposes the server.")
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(1, ge=1, description="Server processes (metrics are aggregated).")
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="Model threads per worker; unset, the machine's cores shared among the "
+        "workers (two workers with two threads each would fight over two cores).",
+    )
     batching: bool = Field(True, description="Group concurrent requests into batches.")
     max_batch_size: int = Field(32, ge=1)
     max_wait_ms: float = Field(10.0, ge=0, description="Longest a request waits for company.")
@@ -130,6 +136,12 @@ class Server:
         from promptkit.knowledge import KnowledgeBase
 
         self.config = config
+        if config.threads or config.workers > 1:
+            import torch
+
+            torch.set_num_threads(
+                config.threads or max(1, torch.get_num_threads() // config.workers)
+            )
         self.metrics = Metrics()
         self.log = (
             RequestLog(config.log, config.log_sample, config.log_hash_inputs)
