@@ -101,6 +101,33 @@ def test_hard_negatives_never_come_from_the_positive_section(tiny_bert, sections
             assert not river & set(negatives)
 
 
+def test_mining_reuses_the_knowledge_bases_vectors_while_they_are_current(tiny_bert, sections):
+    from promptkit.adapters.pairs import PairTraining
+
+    kb = pk.KnowledgeBase.build(sections, embedder=tiny_bert)
+    adapter = pk.create_adapter("full", model=tiny_bert, task=pk.Task.retrieval(),
+                                negatives_from=kb, hard_negatives=2)
+    training = PairTraining(adapter.task, adapter.config)
+    training.model = training._load(tiny_bert)
+    encoded = []
+    real = training._embedding_model
+
+    def counting():
+        encode = real()
+        return lambda texts: encoded.append(len(texts)) or encode(texts)
+
+    training._embedding_model = counting
+    pairs = toy_pairs(6)
+    queries, positives = [p["query"] for p in pairs], [p["passage"] for p in pairs]
+    reused = training._mine(queries, positives)
+    assert sum(encoded) == 2 * len(pairs)  # queries and positives; the corpus came from the KB
+    training.trained = True  # changed weights: the stored vectors are stale, the corpus is embedded
+    encoded.clear()
+    fresh = training._mine(queries, positives)
+    assert sum(encoded) == 2 * len(pairs) + kb.store.count()
+    assert fresh == reused  # the weights did not really change here: the same negatives
+
+
 def test_training_pairs_take_each_sections_first_chunk(tiny_bert, sections):
     kb = pk.KnowledgeBase.build(sections, embedder=tiny_bert)
     questions = [{"question": "boats?", "passage_id": "river"},

@@ -41,6 +41,7 @@ class PairTraining:
         self.config = config
         self.lora = lora  # peft LoRA settings, or None for every weight
         self.model: Any = None
+        self.trained = False  # weights changed by fit (or loaded): no longer the named model's
 
     @property
     def cross(self) -> bool:
@@ -128,6 +129,7 @@ class PairTraining:
             self._merge_lora()  # a plain model from here on: saved and loaded as any other
         total = sum(p.numel() for p in self._body().parameters())
         self.model.eval()
+        self.trained = True
         return FitResult(
             train_loss=float(final),
             initial_loss=float(initial),
@@ -216,9 +218,9 @@ class PairTraining:
         count = self.config.hard_negatives
         if count == 0:
             return [[] for _ in queries]
-        texts, sections = self._corpus(positives)
+        texts, sections, stored = self._corpus(positives)
         encode = self._embedding_model()
-        corpus = _normalized(encode(texts))
+        corpus = _normalized(stored if stored is not None else encode(texts))
         query_vectors = _normalized(encode(queries))
         positive_vectors = _normalized(encode(positives))
         text_index = {t: i for i, t in enumerate(texts)}
@@ -234,12 +236,15 @@ class PairTraining:
             out.append(wrong)
         return out
 
-    def _corpus(self, positives: list[str]) -> tuple[list[str], list[Any]]:
+    def _corpus(self, positives: list[str]) -> tuple[list[str], list[Any], np.ndarray | None]:
+        """Passages to mine from, the section of each, and their vectors when the knowledge
+        base already holds them from the embedder mining ranks with (none are recomputed)."""
         source = self.config.negatives_from
         if source is None:
             texts = list(dict.fromkeys(positives))
-            return texts, texts  # each training passage is its own section
+            return texts, texts, None  # each training passage is its own section
         from promptkit.knowledge import KnowledgeBase
+        from promptkit.knowledge.embedder import fingerprint
 
         kb = source if isinstance(source, KnowledgeBase) else KnowledgeBase.load(source)
         ids, texts = kb.store.all_texts()
@@ -247,7 +252,14 @@ class PairTraining:
         # a section is a heading (wherever it is: excluding a few extra is harmless), else a
         # whole document
         sections = [rows[i]["metadata"].get("heading") or rows[i]["source"] for i in ids]
-        return list(texts), sections
+        # a retriever mines with its own weights: the stored vectors are theirs before training
+        ranker = self.config.negatives_embedder if self.cross else self.config.model
+        untrained = self.cross or not self.trained
+        same = kb.embedder_fingerprint is not None and kb.embedder_fingerprint == fingerprint(
+            ranker
+        )
+        stored = kb.store.vectors(ids) if untrained and same and ids else None
+        return list(texts), sections, stored
 
     def _embedding_model(self) -> Any:
         """What mining ranks with: the model itself, or (reranker) the default embedder."""
@@ -293,6 +305,7 @@ class PairTraining:
     def load(self, directory: Path) -> None:
         self.model = self._load(str(directory / "model"))
         self.model.eval()
+        self.trained = True
 
     def state_bytes(self) -> int:
         return sum(p.numel() * p.element_size() for p in self._body().parameters())
