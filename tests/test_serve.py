@@ -252,19 +252,33 @@ def test_api_key_and_sigterm_drain(artifacts):
         running.stop()
 
 
-def test_length_groups_keep_padding_small():
+def test_length_groups_are_the_cheapest_cut():
+    import itertools
+
     from promptkit.serve.batching import length_groups
 
+    def cost(groups, lengths, pass_cost):
+        return sum(pass_cost + len(g) * max(lengths[i] for i in g) for g in groups)
+
     lengths = [5, 400, 6, 380, 90, 7, 100]
-    groups = length_groups(lengths, min_group=2)
+    groups = length_groups(lengths, pass_cost=50)
     assert sorted(i for g in groups for i in g) == list(range(7))
-    for group in groups:
-        sizes = [lengths[i] for i in group]
-        assert max(sizes) <= 1.5 * min(sizes) + 16
-    assert len(groups) == 3
-    assert length_groups(lengths, min_group=8) == [sorted(range(7), key=lengths.__getitem__)]
-    many = [10] * 8 + [300] * 8
-    assert [len(g) for g in length_groups(many, min_group=8)] == [8, 8]
+    assert [sorted(lengths[i] for i in g) for g in groups] == [[5, 6, 7], [90, 100], [380, 400]]
+    # a pass dearer than any padding: one group; free passes: nothing padded at all
+    assert length_groups(lengths, pass_cost=10**6) == [sorted(range(7), key=lengths.__getitem__)]
+    assert all(len({lengths[i] for i in g}) == 1 for g in length_groups(lengths, pass_cost=0))
+    # exact: no contiguous cut of the sorted lengths is cheaper (all 2^(n-1) cuts tried)
+    order = sorted(range(7), key=lengths.__getitem__)
+    for pass_cost in (0, 30, 120, 500):
+        found = cost(length_groups(lengths, pass_cost), lengths, pass_cost)
+        for cuts in itertools.product([False, True], repeat=6):
+            split, current = [], [order[0]]
+            for index, cut in zip(order[1:], cuts, strict=True):
+                if cut:
+                    split.append(current)
+                    current = []
+                current.append(index)
+            assert found <= cost([*split, current], lengths, pass_cost) + 1e-9
 
 
 def test_monitor_command_reads_the_request_log(server, artifacts, tmp_path):
