@@ -153,6 +153,24 @@ def write_table(folder: Path) -> Path:
             f"{student['value']:.3f} [{student['low']:.3f}, {student['high']:.3f}] vs "
             f"{teacher['value']:.3f} (p = {llm['mcnemar_p']:.3g})", "beats the teacher",
             student["value"] > teacher["value"] and llm["mcnemar_p"] < 0.05)
+    if te := _load(folder, "train_efficiency"):
+        reach, plain = te["time_to_plain_accuracy"], te["plain"]
+        final = te["promptkit_final_accuracy"]
+        row(f"fit MiniLM on all {te['train_examples']:,} training reviews: time to the plain "
+            "Trainer script's final test accuracy (vs its time)",
+            (f"{reach['seconds']:.0f} vs {plain['seconds']:.0f} s = {reach['ratio']:.2f}x"
+             if reach["ratio"] is not None else f"not reached ({final:.3f})")
+            + f"; accuracy {plain['test_accuracy']:.3f} plain, {final:.3f} promptkit at the end",
+            "≤ 0.85x", reach["ratio"] is not None and reach["ratio"] <= 0.85)
+        fl = te["flops"]
+        row("… model FLOP utilisation (6 N per real token, vs the measured fp32 matmul peak); "
+            "padded tokens per epoch", f"{fl['mfu']['promptkit']:.1%} vs "
+            f"{fl['mfu']['plain']:.1%} of {fl['matmul_peak_flops'] / 1e9:.0f} GFLOP/s; "
+            f"{fl['padded_tokens']['grouped']:,} grouped vs {fl['padded_tokens']['random']:,} "
+            f"random ({fl['real_tokens']:,} real)", "report", None)
+    if to := _load(folder, "tradeoffs"):
+        row("quality against cost: adapters no other beats on both accuracy and predict "
+            "throughput", ", ".join(to["pareto_front"]), "report", None)
     text = "\n".join(lines) + "\n"
     if q := _load(folder, "quality"):
         text += (f"\nRotten Tomatoes test accuracy and macro-F1 on {q['test_examples']:,} test "
