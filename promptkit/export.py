@@ -44,6 +44,8 @@ class OnnxClassifier:
     """Stands in for a ``*ForSequenceClassification`` model: ``model(**inputs).logits`` computed
     by onnxruntime (int64 inputs; the inputs the graph does not take are ignored)."""
 
+    training = False  # always in inference mode, like a torch model after eval()
+
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
         import torch
 
