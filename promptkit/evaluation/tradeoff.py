@@ -89,6 +89,11 @@ def quality_against_cost(
         zorder=0,
     )
     ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter
+
+    plain = FuncFormatter(lambda value, _: f"{value:g}")  # 200, not 2×10²
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
     ax.set_xlabel("predict throughput (examples/s, log scale)")
     ax.set_ylabel(metric)
     legend = ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
