@@ -81,3 +81,22 @@ def test_a_teacher_with_other_labels_is_refused(teacher):
     with pytest.raises(pk.errors.ConfigError, match="teacher predicts"):
         pk.create_adapter("distill", teacher=teacher,
                           task=pk.Task.classification(["bad", "good", "neutral"]))
+
+
+def test_confident_keeps_the_same_number_per_label_by_the_teachers_ranking(teacher):
+    unlabelled = [{"text": r["text"]} for r in toy_classification(40, seed=23)]
+    labelled = toy_classification(4, seed=24)
+    student = pk.create_adapter("distill", teacher=teacher, student=f"{tiny_model('bert')}-l1",
+                                task=TASK, confident=0.5, **FAST)
+    student.soft_ = [[0.9 - 0.01 * i, 0.1 + 0.01 * i] for i in range(44)]  # leans negative
+    student.pseudo_ = ["negative"] * 44
+    kept = student._confident(unlabelled + labelled)
+    chosen = kept[: len(kept) - 4]
+    assert kept[-4:] == labelled  # labelled records stay, as they are
+    assert [r["label"] for r in chosen].count("positive") == 10
+    assert [r["label"] for r in chosen].count("negative") == 10
+    positive = {r["text"] for r in chosen if r["label"] == "positive"}
+    assert positive == {r["text"] for r in unlabelled[30:40]}  # highest p(positive): the last
+    assert len(student.soft_) == len(student.pseudo_) == len(kept)
+    student.fit(unlabelled)  # end to end: the teacher's own probabilities
+    assert student.fitted_

@@ -49,6 +49,15 @@ class DistillConfig(TrainingConfig):
     alpha: float = Field(
         0.5, ge=0, le=1, description="Weight of the soft (teacher) loss; 1 - alpha on hard labels."
     )
+    confident: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Learn only this share of the unlabelled records: for each label in turn, "
+        "the ones the teacher gives it the highest probability, the same number per label (a "
+        "teacher biased toward one label still teaches every label equally), with that label "
+        "as a hard target beside the soft one. Unset: every record, soft labels only.",
+    )
 
 
 class DistillAdapter(FullFineTune):
@@ -116,7 +125,24 @@ class DistillAdapter(FullFineTune):
             [float((p.scores or {}).get(label, 0.0)) for label in labels] for p in predictions
         ]
         self.pseudo_ = [p.label for p in predictions]
+        if self.config.confident is not None:
+            train = self._confident(train)
         return super()._fit(train, eval_data, resume=resume, run_dir=run_dir)
+
+    def _confident(self, train: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Labelled records, plus the unlabelled ones ``confident`` keeps, labelled by rank."""
+        field, labels = self.task.label_field, self.task.labels
+        unlabelled = [i for i, r in enumerate(train) if r.get(field) not in labels]
+        per_label = max(1, int(len(unlabelled) * (self.config.confident or 0) / len(labels)))
+        chosen: dict[int, str] = {}
+        for column, label in enumerate(labels):
+            ranked = sorted(unlabelled, key=lambda i: -self.soft_[i][column])
+            taken = [i for i in ranked if i not in chosen][:per_label]
+            chosen.update({i: label for i in taken})
+        keep = [i for i, r in enumerate(train) if r.get(field) in labels or i in chosen]
+        self.soft_ = [self.soft_[i] for i in keep]
+        self.pseudo_ = [chosen.get(i, self.pseudo_[i]) for i in keep]
+        return [{**train[i], field: chosen[i]} if i in chosen else train[i] for i in keep]
 
     def _training_rows(self, train: list[dict[str, Any]]) -> list[dict[str, Any]]:
         assert self.head_ is not None
