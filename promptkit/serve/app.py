@@ -137,7 +137,7 @@ class Server:
 
         self.config = config
         # numpy's BLAS (the drift tests) on one thread: its idle threads spin on the cores the
-        # model's threads need (measured: 126 -> 150 requests/s under load on 2 cores)
+        # model's threads need (measured: 127 -> 144 requests/s under load on 2 cores)
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(1, user_api="blas")
