@@ -30,6 +30,9 @@ def serve(
     threads: Annotated[
         int | None, typer.Option(help="Model threads per worker (default: cores / workers).")
     ] = None,
+    lanes: Annotated[
+        int, typer.Option(help="Batches computed at once, each with threads / lanes threads.")
+    ] = 1,
     batching: Annotated[bool, typer.Option(help="Group concurrent requests.")] = True,
     max_batch_size: Annotated[int, typer.Option(help="Inputs per forward pass.")] = 32,
     max_wait_ms: Annotated[float, typer.Option(help="Longest wait for a batch to fill.")] = 10.0,
@@ -53,6 +56,7 @@ def serve(
             "port": port,
             "workers": workers,
             "threads": threads,
+            "lanes": lanes,
             "batching": batching,
             "max_batch_size": max_batch_size,
             "max_wait_ms": max_wait_ms,

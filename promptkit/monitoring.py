@@ -12,7 +12,9 @@ alarm with probability at most ``alpha``.
 
 from __future__ import annotations
 
+import functools
 import json
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,14 +27,20 @@ PROFILE_LIMIT = 500
 PERMUTATIONS = 200
 
 
-def sketch(texts: list[str]) -> np.ndarray:
-    """A fixed embedding of each text: hashed unigram and bigram counts, l2-normalized."""
+@functools.cache
+def _vectorizer() -> Any:
     from sklearn.feature_extraction.text import HashingVectorizer
 
-    vectorizer = HashingVectorizer(
+    return HashingVectorizer(
         n_features=SKETCH_FEATURES, ngram_range=(1, 2), alternate_sign=False, norm="l2"
     )
-    return np.asarray(vectorizer.transform(texts).toarray(), dtype=np.float32)
+
+
+def sketch(texts: list[str]) -> np.ndarray:
+    """A fixed embedding of each text: hashed unigram and bigram counts, l2-normalized."""
+    if not texts:
+        return np.zeros((0, SKETCH_FEATURES), np.float32)
+    return np.asarray(_vectorizer().transform(texts).toarray(), dtype=np.float32)
 
 
 @dataclass
@@ -44,6 +52,15 @@ class Profile:
     features: np.ndarray = field(default_factory=lambda: np.zeros((0, SKETCH_FEATURES), np.float32))
     source: str = "validation"
     examples: int = 0
+
+    def gram(self) -> np.ndarray:
+        """Inner products of the reference sketches (computed once: every drift test uses
+        them)."""
+        cached = self.__dict__.get("_gram")
+        if cached is None or len(cached) != len(self.features):
+            features = self.features.astype(np.float32)
+            cached = self.__dict__["_gram"] = features @ features.T
+        return cached
 
     def save(self, directory: Path) -> None:
         meta = {
@@ -99,30 +116,36 @@ def build_profile(
 
 
 def _mmd(
-    x: np.ndarray, y: np.ndarray, permutations: int, rng: np.random.Generator
+    gram: np.ndarray, n: int, permutations: int, rng: np.random.Generator
 ) -> tuple[float, float]:
-    """Squared MMD with an RBF kernel (median-distance bandwidth) and its permutation p-value.
+    """Squared MMD with an RBF kernel (median-distance bandwidth) between the first ``n``
+    points and the rest, given their inner products ``gram``, and its permutation p-value.
 
     Every permutation's statistic comes from one matrix product: with ``a`` the 0/1 indicator
     of the first group, the within-group kernel sums are ``a·Ka`` and ``b·Kb``, the cross sum
     ``a·Kb``."""
-    joined = np.concatenate([x, y]).astype(np.float64)
-    squared = np.sum(joined**2, axis=1)
-    distances = np.maximum(squared[:, None] + squared[None, :] - 2 * joined @ joined.T, 0)
-    positive = distances[np.triu_indices(len(joined), 1)]
-    bandwidth = float(np.median(positive[positive > 0])) if (positive > 0).any() else 1.0
-    kernel = np.exp(-distances / bandwidth)
+    squared = np.diag(gram)
+    distances = np.maximum(squared[:, None] + squared[None, :] - 2 * gram, 0)
+    # the bandwidth from a sample of pairs: the pooled points decide it, never the split, so
+    # the permutation test stays exact
+    total = len(gram)
+    first, second = rng.integers(0, total, (2, 4096))
+    pairs = distances[first, second]
+    pairs = pairs[(first != second) & (pairs > 0)]
+    bandwidth = float(np.median(pairs)) if pairs.size else 1.0
+    kernel = np.exp(-distances / bandwidth).astype(np.float32)
     np.fill_diagonal(kernel, 0.0)  # unbiased estimate: no self-similarity terms
-    n, m = len(x), len(y)
-    groups = np.zeros((permutations + 1, n + m))
-    groups[0, :n] = 1
-    for row in range(1, permutations + 1):
-        groups[row, rng.permutation(n + m)[:n]] = 1
+    m = total - n
+    groups = np.zeros((permutations + 1, total), np.float32)
+    groups[:, :n] = 1
+    groups[1:] = rng.permuted(groups[1:], axis=1)  # row 0 is the observed split
     other = 1 - groups
     projected = groups @ kernel  # (p, N)
     within_x = np.einsum("pn,pn->p", projected, groups)
     cross = np.einsum("pn,pn->p", projected, other)
-    within_y = np.einsum("pn,pn->p", other @ kernel, other)
+    # other·K = 1·K - groups·K: the kernel's column sums less the projection already made
+    within_y = np.einsum("pn,pn->p", kernel.sum(0)[None, :] - projected, other)
+    within_x, within_y, cross = (v.astype(np.float64) for v in (within_x, within_y, cross))
     stats = within_x / (n * (n - 1)) + within_y / (m * (m - 1)) - 2 * cross / (n * m)
     observed = float(stats[0])
     return observed, float((np.sum(stats[1:] >= observed) + 1) / (permutations + 1))
@@ -156,10 +179,20 @@ def drift(
         ks = stats.ks_2samp(profile.confidences, confidences)
         tests["confidence_ks"] = {"statistic": float(ks.statistic), "p_value": float(ks.pvalue)}
     if features is not None and len(features) > 1 and len(profile.features) > 1:
-        reference = profile.features
+        reference = profile.features.astype(np.float32)
+        chosen = np.arange(len(reference))
         if len(reference) > 2 * len(features):  # keep the permutation test quick
-            reference = reference[rng.choice(len(reference), 2 * len(features), replace=False)]
-        statistic, p = _mmd(reference, np.asarray(features, np.float32), permutations, rng)
+            chosen = rng.choice(len(reference), 2 * len(features), replace=False)
+        current = np.asarray(features, np.float32)
+        reference = reference[chosen]
+        cross_gram = reference @ current.T
+        gram = np.block(
+            [
+                [profile.gram()[np.ix_(chosen, chosen)], cross_gram],
+                [cross_gram.T, current @ current.T],
+            ]
+        )
+        statistic, p = _mmd(gram, len(reference), permutations, rng)
         tests["inputs_mmd"] = {"statistic": statistic, "p_value": p}
     threshold = alpha / max(len(tests), 1)
     return {
@@ -183,33 +216,68 @@ class DriftWindow:
         self.profile, self.size, self.every, self.alpha = profile, size, every, alpha
         self.labels: deque[str] = deque(maxlen=size)
         self.confidences: deque[float] = deque(maxlen=size)
-        self.texts: deque[str] = deque(maxlen=size)  # sketched when a test is due
+        self.texts: deque[str] = deque(maxlen=size)
+        # each text is sketched once, when the first test after its arrival is due
+        self.features: deque[np.ndarray] = deque(maxlen=size)
+        self.unsketched: deque[str] = deque(maxlen=size)
         self.seen = 0
         self.last: dict[str, Any] | None = None
         self.history: deque[dict[str, Any]] = deque(maxlen=500)  # every result, for plots
+        self._lock = threading.Lock()
 
     def observe(
         self, texts: list[str], labels: list[str | None], confidences: list[float | None]
     ) -> dict[str, Any] | None:
         """Add observations; returns a fresh drift result when one was computed."""
+        return self.test(self.snapshot()) if self.add(texts, labels, confidences) else None
+
+    def add(
+        self, texts: list[str], labels: list[str | None], confidences: list[float | None]
+    ) -> bool:
+        """Record observations (cheap: no sketch, no test); True when a test is due."""
         self.texts.extend(texts)
+        self.unsketched.extend(texts)
         self.labels.extend(label for label in labels if label is not None)
         self.confidences.extend(c for c in confidences if c is not None)
         before, self.seen = self.seen, self.seen + len(texts)
         due = self.seen // self.every > before // self.every
-        if self.profile is None or len(self.texts) < self.size or not due:
-            return None
-        self.last = drift(
-            self.profile,
-            list(self.labels),
-            list(self.confidences),
-            sketch(list(self.texts)),
-            self.alpha,
-            seed=self.seen,
-        )
-        self.last["seen"] = self.seen
-        self.history.append(self.last)
-        return self.last
+        return self.profile is not None and len(self.texts) >= self.size and due
+
+    def snapshot(self) -> WindowSnapshot:
+        """The window as it stands, for :meth:`test` to run on another thread while
+        observations keep arriving."""
+        fresh = list(self.unsketched)
+        self.unsketched.clear()
+        return WindowSnapshot(fresh, list(self.labels), list(self.confidences), self.seen)
+
+    def test(self, snapshot: WindowSnapshot) -> dict[str, Any]:
+        """Sketch the snapshot's new texts and run the drift tests on the window."""
+        assert self.profile is not None
+        with self._lock:  # one test at a time: the sketches kept are shared
+            self.features.extend(sketch(snapshot.fresh))
+            result = drift(
+                self.profile,
+                snapshot.labels,
+                snapshot.confidences,
+                np.stack(list(self.features)),
+                self.alpha,
+                seed=snapshot.seen,
+            )
+            result["seen"] = snapshot.seen
+            self.last = result
+            self.history.append(result)
+        return result
+
+
+@dataclass
+class WindowSnapshot:
+    """What a drift test runs on: the texts not sketched yet, the window's labels and
+    confidences, and how many observations had been seen."""
+
+    fresh: list[str]
+    labels: list[str]
+    confidences: list[float]
+    seen: int
 
 
 def drift_report(

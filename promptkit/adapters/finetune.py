@@ -392,6 +392,18 @@ class FineTuneAdapter(Adapter):
         """The torch model an export traces (PEFT adapters merge a copy first)."""
         return self.model_
 
+    @property
+    def packs_inputs(self) -> bool:
+        """Whether ``predict`` packs a batch of mixed lengths into shared rows rather than
+        padding it (:mod:`promptkit.adapters.packing`): a server then need not cut its batches
+        into length groups."""
+        head = self.head_
+        return (
+            isinstance(head, ClassificationHead)
+            and self.pairs_ is None
+            and head.packer(self.model_).usable
+        )
+
     def _predict(self, records: list[dict[str, Any]]) -> list[Prediction]:
         if self.pairs_ is not None:
             return self.pairs_.predict(records)

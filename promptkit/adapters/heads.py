@@ -17,6 +17,7 @@ import numpy as np
 
 from promptkit.adapters.base import Prediction
 from promptkit.adapters.encoding import length_sorted, render_inputs
+from promptkit.adapters.packing import Packer
 from promptkit.devices import model_device, to_device
 from promptkit.errors import ConfigError
 from promptkit.metrics import metrics
@@ -108,6 +109,7 @@ class ClassificationHead(Head):
     peft_task_type = "SEQ_CLS"
     default_metric = "accuracy"
     generates = False
+    _packer: Packer | None = None
 
     def encode(self, records: Rows, with_targets: bool) -> Rows:
         tokenizer, max_length = self.tokenizer, self.max_length
@@ -177,6 +179,12 @@ class ClassificationHead(Head):
             "label2id": {v: k for k, v in labels.items()},
         }
 
+    def packer(self, model: Any) -> Packer:
+        """The model's :class:`Packer` (made once per model: it remembers its check)."""
+        if self._packer is None or self._packer.source is not model:
+            self._packer = Packer(model)
+        return self._packer
+
     def predict(self, model: Any, records: Rows, options: GenerationOptions) -> list[Prediction]:
         import torch
 
@@ -184,11 +192,17 @@ class ClassificationHead(Head):
         order = length_sorted(rows, lambda r: len(r["input_ids"]))
         results: list[Prediction] = [Prediction()] * len(rows)
         labels, device = self.task.labels, model_device(model)
+        packer = self.packer(model)
         with torch.inference_mode():
             for start in range(0, len(order), options.batch_size):
                 indices = order[start : start + options.batch_size]
-                inputs = self.tokenizer.pad([rows[i] for i in indices], return_tensors="pt")
-                logits = model(**to_device(inputs, device)).logits
+                chunk = [rows[i] for i in indices]
+
+                def padded(chunk: Rows = chunk) -> Any:
+                    inputs = self.tokenizer.pad(chunk, return_tensors="pt")
+                    return model(**to_device(inputs, device)).logits
+
+                logits = packer.logits(chunk, padded) if packer.worth_it(chunk) else padded()
                 probs = torch.softmax(logits.float(), dim=-1).cpu().tolist()
                 for i, p in zip(indices, probs, strict=True):
                     best = max(range(len(p)), key=p.__getitem__)

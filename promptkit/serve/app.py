@@ -24,7 +24,7 @@ from pydantic import Field
 
 from promptkit.config import StrictModel
 from promptkit.errors import PromptkitError
-from promptkit.monitoring import DriftWindow, input_text
+from promptkit.monitoring import DriftWindow, WindowSnapshot, input_text, sketch
 from promptkit.serve.batching import Batcher, QueueFull
 from promptkit.serve.metrics import Metrics
 from promptkit.serve.requestlog import RequestLog
@@ -44,6 +44,12 @@ class ServeConfig(StrictModel):
         "workers (two workers with two threads each would fight over two cores).",
     )
     batching: bool = Field(True, description="Group concurrent requests into batches.")
+    lanes: int = Field(
+        1,
+        ge=1,
+        description="Batches computed at once, each on its own thread with threads / lanes "
+        "model threads.",
+    )
     max_batch_size: int = Field(32, ge=1)
     max_wait_ms: float = Field(10.0, ge=0, description="Longest a request waits for company.")
     max_queue: int = Field(512, ge=1, description="Inputs waiting per model before 503s.")
@@ -141,12 +147,11 @@ class Server:
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(1, user_api="blas")
-        if config.threads or config.workers > 1:
+        if config.threads or config.workers > 1 or config.lanes > 1:
             import torch
 
-            torch.set_num_threads(
-                config.threads or max(1, torch.get_num_threads() // config.workers)
-            )
+            threads = config.threads or max(1, torch.get_num_threads() // config.workers)
+            torch.set_num_threads(max(1, threads // (config.lanes if config.batching else 1)))
         self.metrics = Metrics()
         self.log = (
             RequestLog(config.log, config.log_sample, config.log_hash_inputs)
@@ -170,11 +175,17 @@ class Server:
                 config.max_wait_ms if batching else 0,
                 config.max_queue,
                 on_batch=self.metrics.batch_size.labels(name).observe,
+                packs=bool(getattr(adapter, "packs_inputs", False)),
+                lanes=config.lanes if batching else 1,
             )
             window = DriftWindow(
                 adapter.profile_, config.monitor_window, config.monitor_every, config.monitor_alpha
             )
             self.models[name] = Served(name, adapter, kind, batcher, window, str(source))
+        if any(served.window.profile is not None for served in self.models.values()):
+            # the input sketches' first call imports scikit-learn (about 0.8 s of CPU): pay it
+            # before the server is ready, not in the middle of its first load
+            sketch(["warm up"])
         self.knowledge = {
             name: kb if not isinstance(kb, (str, Path)) else KnowledgeBase.load(kb)
             for name, kb in knowledge.items()
@@ -182,9 +193,7 @@ class Server:
         self.api_key = os.environ.get(config.api_key_env) or None
         self.draining = False
         self.started = time.time()
-        from concurrent.futures import ThreadPoolExecutor
-
-        self._monitor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="promptkit-monitor")
+        self.drift_tests: set[asyncio.Task[None]] = set()  # running; held until done
 
     @staticmethod
     def _runner(adapter: Any) -> Any:
@@ -281,8 +290,14 @@ class Server:
                 self.metrics.confidence.labels(name).observe(confidence)
             if prediction.text is not None:
                 self.metrics.tokens.labels(name).inc(len(prediction.text.split()))
-        # the drift window's sketches and tests run on their own thread, off the event loop
-        self._monitor.submit(self._watch, served, texts, labels, confidences)
+        # the window only records here; a due drift test (about 10 ms) runs on the model's
+        # thread between batches: on a thread of its own it would preempt the model's
+        # threads mid-batch and cost them twice its time
+        if served.window.add(texts, labels, confidences):
+            snapshot = served.window.snapshot()
+            task = asyncio.get_running_loop().create_task(self._test_drift(served, snapshot))
+            self.drift_tests.add(task)
+            task.add_done_callback(self.drift_tests.discard)
         if self.log is not None:
             latency = (time.perf_counter() - started) * 1000
             for text, prediction, confidence in zip(texts, predictions, confidences, strict=True):
@@ -299,16 +314,13 @@ class Server:
                     latency,
                 )
 
-    def _watch(
-        self, served: Served, texts: list[str], labels: list[Any], confidences: list[Any]
-    ) -> None:
+    async def _test_drift(self, served: Served, snapshot: WindowSnapshot) -> None:
         try:
-            result = served.window.observe(texts, labels, confidences)
+            result = await served.batcher.call(served.window.test, snapshot)
         except Exception:  # monitoring must never take serving down with it
             log.exception("drift monitoring of %s failed", served.name)
             return
-        if result is not None:
-            self.metrics.record_drift(served.name, result)
+        self.metrics.record_drift(served.name, result)
 
     def monitor(self) -> dict[str, Any]:
         return {
@@ -368,7 +380,7 @@ def create_app(
         await asyncio.gather(*(s.batcher.drain() for s in server.models.values()))
         for served in server.models.values():
             served.batcher.close()
-        server._monitor.shutdown(wait=True)
+        await asyncio.gather(*server.drift_tests)
         if server.log is not None:
             server.log.close()
 

@@ -5,6 +5,8 @@ keeps collecting for at most ``max_wait_ms`` (or until ``max_batch_size`` inputs
 traffic a lone request waits ``max_wait_ms`` at most. The collected inputs are sorted by length
 and cut into groups where the padding saved outweighs the fixed cost of another forward pass
 (an exact search), so padding stays small; each group is one ``predict`` call on one thread.
+A model that packs inputs of mixed lengths into shared rows (see
+:mod:`promptkit.adapters.packing`) gets the whole batch in one call instead.
 The queue holds at most ``max_queue`` inputs: beyond that :class:`QueueFull` (503).
 """
 
@@ -71,16 +73,22 @@ class Batcher:
         max_wait_ms: float = 10.0,
         max_queue: int = 256,
         on_batch: Callable[[int], None] | None = None,
+        packs: bool = False,
+        lanes: int = 1,
     ) -> None:
         self.run, self.length = run, length
+        self.packs = packs  # run() packs inputs of mixed lengths itself: no length groups
         self.max_batch_size, self.max_wait = max(1, max_batch_size), max_wait_ms / 1000
         self.max_queue = max_queue
         self.on_batch = on_batch
         self.waiting = 0  # inputs queued, not yet in a batch
         self.busy = 0  # inputs in the batch being computed
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="promptkit-batch")
+        self.lanes = max(1, lanes)  # batches computed at once, each on its own thread
+        self._executor = ThreadPoolExecutor(self.lanes, thread_name_prefix="promptkit-batch")
+        self._free: asyncio.Semaphore | None = None
         self._task: asyncio.Task[None] | None = None
+        self._computing: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         if self._task is None:
@@ -97,7 +105,9 @@ class Batcher:
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
+        self._free = asyncio.Semaphore(self.lanes)
         while True:
+            await self._free.acquire()  # a lane is free: collect its batch
             first = await self._queue.get()
             collecting = time.perf_counter()
             batch, size = [first], len(first.records)
@@ -121,16 +131,28 @@ class Batcher:
                 batch.append(item)
                 size += len(item.records)
             self.waiting -= size
-            self.busy = size
+            self.busy += size
+            task = loop.create_task(self._run_lane(batch, size, loop))
+            self._computing.add(task)  # held until done: the loop keeps no other reference
+            task.add_done_callback(self._computing.discard)
+
+    async def _run_lane(
+        self, batch: list[_Pending], size: int, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        try:
             await self._compute(batch, loop)
-            self.busy = 0
+        finally:
+            self.busy -= size
+            assert self._free is not None
+            self._free.release()
 
     async def _compute(self, batch: list[_Pending], loop: asyncio.AbstractEventLoop) -> None:
         flat = [(p, i) for p in batch for i in range(len(p.records))]
         lengths = [p.lengths[i] for p, i in flat]
         results: list[Any] = [None] * len(flat)
         failed: BaseException | None = None
-        for group in length_groups(lengths):
+        groups = [list(range(len(flat)))] if self.packs else length_groups(lengths)
+        for group in groups:
             for start in range(0, len(group), self.max_batch_size):
                 part = group[start : start + self.max_batch_size]
                 records = [flat[j][0].records[flat[j][1]] for j in part]

@@ -119,12 +119,15 @@ def add_routes(app: Any, server: Server) -> None:
         return {"object": "list", "data": data}
 
     @app.post("/predict")
-    async def predict(body: PredictBody, request: Request) -> dict[str, Any]:
+    async def predict(body: PredictBody, request: Request) -> Response:
         served = server.model(body.model, "classification")
         request.state.model = served.name
         records = server.records(served, body.input)
         predictions = await server.predict(served, records, "predict", request.state.started)
-        return {"model": served.name, "predictions": [p.to_dict() for p in predictions]}
+        # a ready response: FastAPI would otherwise validate and re-encode the dict
+        return JSONResponse(
+            {"model": served.name, "predictions": [p.to_dict() for p in predictions]}
+        )
 
     async def generate(name: str, prompts: list[str], endpoint: str, request: Request) -> Any:
         served = server.model(name, "generation")
@@ -263,10 +266,10 @@ def add_routes(app: Any, server: Server) -> None:
         return Response(payload, media_type=content_type)
 
     async def settled() -> dict[str, Any]:
-        """The monitor's state once the observations queued before this request are in."""
+        """The monitor's state once the drift tests begun before this request are done."""
         import asyncio
 
-        await asyncio.wrap_future(server._monitor.submit(lambda: None))
+        await asyncio.gather(*server.drift_tests)
         return server.monitor()
 
     @app.get("/monitor")
