@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -45,3 +47,20 @@ def test_train_efficiency_smoke(tmp_path):
     flops = saved["flops"]
     assert flops["padded_tokens"]["grouped"] >= flops["real_tokens"] > 0
     assert 0 < flops["mfu"]["promptkit"] < 1
+
+
+def test_serve_load_smoke(tmp_path):
+    out = tmp_path / "serve_load.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "serve_load.py"), "--smoke", "--requests", "64",
+         "--passes", "2", "--work", str(tmp_path / "work"), "--out", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    import json
+
+    saved = json.loads(out.read_text())
+    for label in ("batching", "no_batching"):
+        assert saved[label]["failures"] == 0 and saved[label]["requests"] == 64
+        assert len(saved[label]["passes_per_second"]) == 2
+    assert saved["served_vs_offline"] == pytest.approx(
+        saved["batching"]["requests_per_second"] / saved["offline_predict_per_second"])
