@@ -1,7 +1,7 @@
 """Distillation on Rotten Tomatoes: a 3-layer MiniLM from the full MiniLM, and a classifier from
 zero-shot SmolLM2 using unlabelled reviews only.
 
-    python benchmarks/distill.py [--reuse] [--unlabelled 2000] [--smoke]
+    python benchmarks/distill.py [--reuse] [--unlabelled 2000] [--recipes soft,...] [--smoke]
 
 1. Teacher: the MiniLM ``full`` classifier of benchmarks/serve_load.py (reused with --reuse).
    Student: ``distill`` with ``student="minilm-l3"`` (layers 0, 2, 4 of the teacher's own
@@ -36,6 +36,8 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny models, toy data (a test)")
     parser.add_argument("--out", default="runs/distill")
     parser.add_argument("--only-llm", action="store_true", help="skip the 3-layer student")
+    parser.add_argument("--recipes", default=",".join(RECIPES),
+                        help="comma-separated RECIPES to choose from on validation")
     args = parser.parse_args()
     out = Path(args.out)
     task = pk.Task.classification(["negative", "positive"])
@@ -79,7 +81,8 @@ def main() -> None:
     teacher_validation = sum(p.label == t for p, t in zip(zero_shot.predict(validation), truth,
                                                            strict=True)) / len(truth)
     scores = {}
-    for name, recipe in RECIPES.items():
+    for name in args.recipes.split(","):
+        recipe = RECIPES[name]
         candidate = pk.create_adapter("distill", teacher=zero_shot, student=encoder, task=task,
                                       **{**settings, **recipe})
         candidate.fit(unlabelled)
