@@ -273,19 +273,24 @@ class OnnxEncoder:
         import numpy as np
         from tqdm.auto import tqdm
 
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # little padding
+        # every text tokenized in one call, then batched by token count: the least padding
+        ids = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+        order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
+        pad = self.tokenizer.pad_token_id or 0
         out = np.zeros((len(texts), 0), dtype=np.float32)
         starts = range(0, len(order), batch_size)
         for start in tqdm(starts, desc="Batches", disable=not progress):
             indices = order[start : start + batch_size]
-            batch = self.tokenizer(
-                [texts[i] for i in indices],
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="np",
-            )
-            feed = {n: batch[n].astype(np.int64) for n in self.model.inputs}
+            width = len(ids[indices[-1]])  # sorted: the last is the longest
+            batch = {
+                "input_ids": np.full((len(indices), width), pad, dtype=np.int64),
+                "attention_mask": np.zeros((len(indices), width), dtype=np.int64),
+                "token_type_ids": np.zeros((len(indices), width), dtype=np.int64),
+            }
+            for row, i in enumerate(indices):
+                batch["input_ids"][row, : len(ids[i])] = ids[i]
+                batch["attention_mask"][row, : len(ids[i])] = 1
+            feed = {n: batch[n] for n in self.model.inputs}
             hidden = self.model.session.run([self.output], feed)[0]
             mask = batch["attention_mask"][..., None].astype(np.float32)
             if self.mark["pooling"] == "cls":

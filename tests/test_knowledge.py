@@ -299,3 +299,30 @@ def test_pdf_files_are_indexed(tmp_path, tiny_bert):
     hits = kb.search("boats", k=5, filter={"source": "rivers.pdf"})
     assert [h.text for h in hits] == ["Boats float down the river"]
     assert hits[0].metadata["title"] == "rivers" and hits[0].metadata["pages"] == 1
+
+
+def test_chunk_documents_counts_in_one_call_and_chunks_as_one_at_a_time(tiny_bert):
+    from promptkit.knowledge.embedder import Embedder
+    from promptkit.knowledge.parallel import chunk_documents
+    from promptkit.knowledge.loaders import Document
+
+    embedder = Embedder(tiny_bert, show_progress=False)
+    long = "\n\n".join(" ".join(f"word{i}{j}" for j in range(30)) + "." for i in range(4))
+    documents = [Document(text, f"d{i}", {"n": i}) for i, text in
+                 enumerate(["a short one", "  padded with spaces  ", long, "# Head\nunder it"])]
+    config = ChunkingConfig(max_tokens=40, overlap=5)
+    calls = []
+
+    def counting(text):
+        calls.append(text)
+        return Embedder.count_tokens(embedder, text)
+
+    embedder.count_tokens = counting  # the single-text counter, watched
+    chunks = chunk_documents(documents, embedder, config)
+    one_at_a_time = [(d.source, c.text, c.start, c.end) for d in documents
+                     for c in chunk_text(d.text, embedder.count_tokens, config, d.metadata)]
+    assert [(c.source, c.text, c.start, c.end) for c in chunks] == one_at_a_time
+    assert len(one_at_a_time) > len(documents)  # the long document was split
+    # the short documents were counted in the one batched call, never one at a time
+    assert "a short one" in {c.text for c in chunks}
+    assert calls.count("a short one") == 1  # only chunk_text's own call above counted it

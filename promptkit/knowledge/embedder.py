@@ -47,6 +47,13 @@ class Embedder:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=True, verbose=False)["input_ids"])
 
+    def count_tokens_many(self, texts: list[str]) -> list[int]:
+        """:meth:`count_tokens` of each text, in one tokenizer call."""
+        if not texts:
+            return []
+        ids = self.tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"]
+        return [len(i) for i in ids]
+
     def encode(self, texts: list[str], progress: bool | None = None) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)

@@ -51,9 +51,19 @@ def chunk_documents(
     """Every chunk of ``documents``, with the ids every build gives them."""
     limit = min(chunking.max_tokens, embedder.max_tokens)
     config = chunking.model_copy(update={"max_tokens": limit})
+    # most documents of a corpus of short texts are one chunk, whose count is that of the whole
+    # text: count those in one tokenizer call (one call per text cost 1.5 s of a 26 s build of
+    # 10,201 reviews); any other piece is counted when the chunker asks
+    whole = [doc.text for doc in documents]
+    known = dict(zip(whole, embedder.count_tokens_many(whole), strict=True))
+
+    def count(text: str) -> int:
+        found = known.get(text)
+        return found if found is not None else int(embedder.count_tokens(text))
+
     out = []
     for doc in documents:
-        for chunk in chunk_text(doc.text, embedder.count_tokens, config, doc.metadata):
+        for chunk in chunk_text(doc.text, count, config, doc.metadata):
             digest = text_hash(chunk.text)
             out.append(
                 StoredChunk(
