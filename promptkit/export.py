@@ -157,9 +157,9 @@ def _trace(
             return getattr(self.inner(**dict(zip(names, tensors, strict=True))), output)
 
     module = Positional(model)
-    # plain attention ops: the SDPA path traces into extra Where/IsNaN/Transpose nodes, and the
+    # plain attention ops: the SDPA path traces into extra Where/IsNaN nodes around the mask; the
     # int8 MiniLM classifier ran at 521-531 reviews/s from it against 580-783 from eager attention
-    # (best of 3 passes, five runs, onnxruntime alone)
+    # (best of 3 passes in each of 3 and 4 runs, onnxruntime alone)
     setter = getattr(model, "set_attn_implementation", None)
     attention = getattr(getattr(model, "config", None), "_attn_implementation", None)
     if setter is not None and attention not in (None, "eager"):

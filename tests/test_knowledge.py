@@ -303,8 +303,8 @@ def test_pdf_files_are_indexed(tmp_path, tiny_bert):
 
 def test_chunk_documents_counts_in_one_call_and_chunks_as_one_at_a_time(tiny_bert):
     from promptkit.knowledge.embedder import Embedder
-    from promptkit.knowledge.parallel import chunk_documents
     from promptkit.knowledge.loaders import Document
+    from promptkit.knowledge.parallel import chunk_documents
 
     embedder = Embedder(tiny_bert, show_progress=False)
     long = "\n\n".join(" ".join(f"word{i}{j}" for j in range(30)) + "." for i in range(4))
