@@ -203,7 +203,12 @@ class ClassificationHead(Head):
                     return model(**to_device(inputs, device)).logits
 
                 logits = packer.logits(chunk, padded) if packer.worth_it(chunk) else padded()
-                probs = torch.softmax(logits.float(), dim=-1).cpu().tolist()
+                # softmax in numpy: a torch op here wakes torch's CPU thread pool, whose
+                # spinning threads then slow an onnxruntime model's next batch (int8 MiniLM
+                # predict measured 495-509 reviews/s with torch.softmax, 709-742 without)
+                scores = logits.float().cpu().numpy()
+                scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
+                probs = (scores / scores.sum(axis=-1, keepdims=True)).tolist()
                 for i, p in zip(indices, probs, strict=True):
                     best = max(range(len(p)), key=p.__getitem__)
                     results[i] = Prediction(
