@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 # torch's OpenMP threads wait actively (spin) after each parallel region by default; beside
-# onnxruntime's own threads on 2 cores, int8 passes then swung between about 540 and 740
-# reviews/s from one process to the next. Passive waiting must be set before torch loads and
-# applies to both models alike (torch fp32 predict: 245-256 reviews/s with it, 240-262 without).
+# onnxruntime's own threads on 2 cores, the median int8 pass was 535-546 reviews/s in five
+# processes of six, 705-734 in three of three with passive waiting. It must be set before torch
+# loads and applies to both models alike (torch fp32 passes: 229-274 reviews/s either way).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from serve_load import classifier
