@@ -52,15 +52,15 @@ class Profile:
     features: np.ndarray = field(default_factory=lambda: np.zeros((0, SKETCH_FEATURES), np.float32))
     source: str = "validation"
     examples: int = 0
+    _gram: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
 
     def gram(self) -> np.ndarray:
         """Inner products of the reference sketches (computed once: every drift test uses
         them)."""
-        cached = self.__dict__.get("_gram")
-        if cached is None or len(cached) != len(self.features):
+        if self._gram is None or len(self._gram) != len(self.features):
             features = self.features.astype(np.float32)
-            cached = self.__dict__["_gram"] = features @ features.T
-        return cached
+            self._gram = features @ features.T
+        return self._gram
 
     def save(self, directory: Path) -> None:
         meta = {

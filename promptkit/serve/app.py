@@ -378,9 +378,9 @@ def create_app(
         yield
         server.draining = True  # uvicorn has stopped accepting; finish what was accepted
         await asyncio.gather(*(s.batcher.drain() for s in server.models.values()))
+        await asyncio.gather(*server.drift_tests)  # they run on the batchers' threads
         for served in server.models.values():
             served.batcher.close()
-        await asyncio.gather(*server.drift_tests)
         if server.log is not None:
             server.log.close()
 
