@@ -6,7 +6,7 @@ Fits (or, with --reuse, loads) the MiniLM ``full`` classifier of benchmarks/serv
 exports it with ``adapter.export(dir, format="onnx", quantize="int8")``, loads the export (which
 checks it against the torch outputs it stored) and compares both on the test reviews (1,276) with
 promptkit's evaluator: accuracy with intervals, McNemar's exact test; predict throughput as the
-median of 3 alternating timed passes over the whole split (each adapter warmed up first; the
+median of 5 alternating timed passes (``--passes``) over the whole split (each adapter warmed up first; the
 process runs with ``OMP_WAIT_POLICY=PASSIVE`` unless told otherwise, see below), and the model file's size. Results go
 to benchmarks/results/onnx_int8.json and the report to runs/onnx-int8.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -36,6 +37,7 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="load the classifier a past run saved")
     parser.add_argument("--smoke", action="store_true", help="tiny model, toy data (a test)")
     parser.add_argument("--out", default="runs/onnx-int8")
+    parser.add_argument("--passes", type=int, default=5, help="timed passes of each (median)")
     args = parser.parse_args()
     out = Path(args.out)
     fp32 = classifier(out / "fp32", args.reuse, args.smoke)
@@ -52,15 +54,15 @@ def main() -> None:
     print(report.table())
     report.save(out / "report")
     accuracy = {name: report[name].metrics["accuracy"].value for name in ("fp32", "int8")}
-    # throughput: the median of 3 timed passes of each, alternating (one timed pass, as the
-    # evaluator's, ranged from 2.12x to 2.44x between runs on this machine)
+    # throughput: the median of --passes timed passes of each, alternating (one timed pass, as
+    # the evaluator's, ranged from 2.12x to 2.44x between runs on this machine)
     passes: dict[str, list[float]] = {"fp32": [], "int8": []}
-    for _ in range(3):
+    for _ in range(args.passes):
         for name, adapter in (("fp32", fp32), ("int8", int8)):
             started = time.perf_counter()
             adapter.predict(data)
             passes[name].append(round(len(data) / (time.perf_counter() - started), 1))
-    speed = {name: sorted(values)[1] for name, values in passes.items()}
+    speed = {name: statistics.median(values) for name, values in passes.items()}
     mcnemar = next(c for c in report.comparisons if c.metric == "accuracy")
     torch_mb = sum(f.stat().st_size for f in (out / "fp32" / "model").rglob("*")) / 2**20
     result = {

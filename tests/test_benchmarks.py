@@ -64,3 +64,40 @@ def test_serve_load_smoke(tmp_path):
         assert len(saved[label]["passes_per_second"]) == 2
     assert saved["served_vs_offline"] == pytest.approx(
         saved["batching"]["requests_per_second"] / saved["offline_predict_per_second"])
+
+
+def _printed_result(stdout: str) -> dict:
+    """The JSON object a benchmark prints last (from its line that opens with "{")."""
+    import json
+
+    lines = stdout.splitlines()
+    start = max(i for i, line in enumerate(lines) if line == "{")
+    return json.loads("\n".join(lines[start:]))
+
+
+def test_onnx_int8_smoke(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "onnx_int8.py"), "--smoke", "--passes", "3",
+         "--out", str(tmp_path / "int8")], capture_output=True, text=True, timeout=600,
+        cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = _printed_result(result.stdout)
+    assert all(len(saved["passes_examples_per_second"][n]) == 3 for n in ("fp32", "int8"))
+    assert saved["examples_per_second"]["int8"] == sorted(
+        saved["passes_examples_per_second"]["int8"])[1]  # the median of the 3 passes
+    assert saved["speedup"] == pytest.approx(
+        saved["examples_per_second"]["int8"] / saved["examples_per_second"]["fp32"], abs=0.01)
+    assert (tmp_path / "int8" / "int8" / "model.onnx").is_file()
+
+
+def test_distill_smoke_chooses_the_recipe_on_validation(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "distill.py"), "--smoke", "--only-llm",
+         "--recipes", "soft,soft_sharpened", "--out", str(tmp_path / "distill")],
+        capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    llm = _printed_result(result.stdout)["from_zero_shot_llm"]
+    scores = llm["validation_accuracy"]
+    assert set(scores) == {"teacher", "soft", "soft_sharpened"}
+    assert scores[llm["recipe"]] == max(scores["soft"], scores["soft_sharpened"])
+    assert 0 <= llm["student_accuracy"]["low"] <= llm["student_accuracy"]["value"] <= 1

@@ -167,6 +167,27 @@ def test_interval_coverage_is_nominal():
     assert 0.93 <= covered / trials <= 0.97, covered / trials
 
 
+def test_paired_difference_interval_matches_the_normal_approximation():
+    """a is right on all 400 examples, b on 300 (a random 300): the difference of accuracies is
+    0.25 with standard error sqrt(0.25 * 0.75 / 400) = 0.0217 by the paired normal approximation;
+    the bootstrap percentile interval sits there, and clear of zero."""
+    from promptkit.evaluation.stats import difference_interval, paired_differences
+
+    n = 400
+    refs = np.ones(n, dtype=int)
+    b_preds = refs.copy()
+    b_preds[np.random.default_rng(0).choice(n, 100, replace=False)] = 0
+    a = ClassificationBatch(refs, refs.copy(), ["a", "b"])
+    b = ClassificationBatch(refs, b_preds, ["a", "b"])
+    draws = paired_differences(metrics.get("accuracy"), a, b, n, resamples=4000, seed=3)
+    low, high = difference_interval(draws, alpha=0.05)
+    half = 1.96 * (0.25 * 0.75 / n) ** 0.5
+    assert low == pytest.approx(0.25 - half, abs=0.01)
+    assert high == pytest.approx(0.25 + half, abs=0.01)
+    same = paired_differences(metrics.get("accuracy"), a, a, n, resamples=200, seed=3)
+    assert difference_interval(same) == (0.0, 0.0)  # a model against itself: no difference
+
+
 def test_mcnemar_matches_scipy_binomtest():
     a = np.array([1, 1, 1, 0, 1, 1, 0, 1, 1, 1, 1, 0], dtype=bool)
     b = np.array([0, 1, 0, 0, 0, 1, 1, 0, 0, 1, 0, 0], dtype=bool)
@@ -234,6 +255,9 @@ def test_compare_report_files(tiny_bert, sentiment_task, toy_data, tmp_path):
     rows = (tmp_path / "report" / "predictions.jsonl").read_text().splitlines()
     assert len(rows) == 2 * 16
     assert "k3" in report.table() and "McNemar" in report.markdown()
+    for c in saved["comparisons"]:  # every difference comes with its paired interval
+        assert c["low"] <= c["difference"] <= c["high"], c
+        assert f"[{c['low']:+.3f}, {c['high']:+.3f}]" in report.markdown()
 
 
 def test_pareto_front_keeps_exactly_the_undominated():

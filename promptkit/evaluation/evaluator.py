@@ -23,8 +23,10 @@ from promptkit.evaluation.results import (
 from promptkit.evaluation.stats import (
     Interval,
     bootstrap,
+    difference_interval,
     mcnemar_exact,
     paired_bootstrap,
+    paired_differences,
     paired_permutation,
 )
 from promptkit.metrics import (
@@ -382,9 +384,23 @@ class Evaluator:
                         spec.values(batch_a), spec.values(batch_b), seed=self.seed
                     )
                     diff = a.metrics[shown].value - b.metrics[shown].value
+                    low, high = difference_interval(
+                        paired_differences(
+                            spec, batch_a, batch_b, len(a.predictions), self.resamples, self.seed
+                        ),
+                        self.alpha,
+                    )
                     out.append(
                         Comparison(
-                            a.name, b.name, shown, diff, p, "paired permutation", p < self.alpha
+                            a.name,
+                            b.name,
+                            shown,
+                            diff,
+                            p,
+                            "paired permutation",
+                            p < self.alpha,
+                            low,
+                            high,
                         )
                     )
         return out
@@ -414,9 +430,13 @@ class Evaluator:
         n = len(a.predictions)
         difference = a.metrics[spec.name].value - b.metrics[spec.name].value
         repeats = max(a.repeats, b.repeats)
+        # the difference's interval comes from paired resamples whatever the test
+        resampled = paired_differences(
+            spec, a.batch, b.batch, n, self.resamples, self.seed, repeats
+        )
         if repeats > 1:  # seeds of one example are not independent: resample examples whole
             test = f"paired bootstrap over examples ({repeats} seeds)"
-            p = paired_bootstrap(spec, a.batch, b.batch, n, self.resamples, self.seed, repeats)
+            p = paired_bootstrap(spec, a.batch, b.batch, n, differences=resampled)
         elif spec.name == "accuracy":
             test = "McNemar exact"
             p = mcnemar_exact(a.batch.refs == a.batch.preds, b.batch.refs == b.batch.preds)[
@@ -427,8 +447,9 @@ class Evaluator:
             p = paired_permutation(spec.values(a.batch), spec.values(b.batch), seed=self.seed)
         else:
             test = "paired bootstrap"
-            p = paired_bootstrap(spec, a.batch, b.batch, n, self.resamples, self.seed)
-        return Comparison(a.name, b.name, spec.name, difference, p, test, p < self.alpha)
+            p = paired_bootstrap(spec, a.batch, b.batch, n, differences=resampled)
+        low, high = difference_interval(resampled, self.alpha)
+        return Comparison(a.name, b.name, spec.name, difference, p, test, p < self.alpha, low, high)
 
     def _reproducibility(
         self, task: Task | None, records: Sequence[Mapping[str, Any]]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import resource
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -54,6 +55,10 @@ class Comparison:
     p_value: float
     test: str
     significant: bool
+    # the difference's interval at the report's level: percentile bootstrap over the same
+    # resampled examples for both (seeds of one example resampled together)
+    low: float = float("nan")
+    high: float = float("nan")
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -64,7 +69,8 @@ class Comparison:
             self.a,
             self.b,
             self.metric,
-            f"{self.difference:+.3f}",
+            f"{self.difference:+.3f}"
+            + ("" if math.isnan(self.low) else f" [{self.low:+.3f}, {self.high:+.3f}]"),
             f"{self.p_value:.3g}",
             self.test,
             "yes" if self.significant else "no",

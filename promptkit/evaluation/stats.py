@@ -1,4 +1,5 @@
-"""Uncertainty: vectorized bootstrap intervals, McNemar's exact test, paired permutation test.
+"""Uncertainty: vectorized bootstrap intervals (of metrics and of paired differences), McNemar's
+exact test, paired permutation test.
 
 Resampling weights are drawn in blocks (a matrix of counts per block of resamples) and applied to
 every metric at once with matrix products, so there is no Python loop per resample and memory
@@ -129,6 +130,27 @@ def paired_permutation(
     return float(min(1.0, 2 * min(less, greater)))
 
 
+def paired_differences(
+    spec: MetricSpec,
+    batch_a: Any,
+    batch_b: Any,
+    n: int,
+    resamples: int = 1000,
+    seed: int = 0,
+    repeats: int = 1,
+) -> np.ndarray:
+    """metric(a) - metric(b) on each bootstrap resample, the same resamples for both (the finite
+    ones)."""
+    diffs = []
+    for weights in weight_blocks(n, resamples, seed, repeats):
+        diffs.append(
+            np.atleast_1d(resampled(spec, batch_a, weights))
+            - np.atleast_1d(resampled(spec, batch_b, weights))
+        )
+    values = np.concatenate(diffs)
+    return values[np.isfinite(values)]
+
+
 def paired_bootstrap(
     spec: MetricSpec,
     batch_a: Any,
@@ -137,18 +159,23 @@ def paired_bootstrap(
     resamples: int = 1000,
     seed: int = 0,
     repeats: int = 1,
+    differences: np.ndarray | None = None,
 ) -> float:
-    """Two-sided p-value that metric(a) - metric(b) = 0, from the same resamples for both."""
-    diffs = []
-    for weights in weight_blocks(n, resamples, seed, repeats):
-        diffs.append(
-            np.atleast_1d(resampled(spec, batch_a, weights))
-            - np.atleast_1d(resampled(spec, batch_b, weights))
-        )
-    values = np.concatenate(diffs)
-    values = values[np.isfinite(values)]
+    """Two-sided p-value that metric(a) - metric(b) = 0, from the same resamples for both
+    (``differences``: those resamples' differences, when already drawn)."""
+    values = differences
+    if values is None:
+        values = paired_differences(spec, batch_a, batch_b, n, resamples, seed, repeats)
     if len(values) == 0:
         return 1.0
     p_low = (np.sum(values <= 0) + 1) / (len(values) + 1)
     p_high = (np.sum(values >= 0) + 1) / (len(values) + 1)
     return float(min(1.0, 2 * min(p_low, p_high)))
+
+
+def difference_interval(differences: np.ndarray, alpha: float = 0.05) -> tuple[float, float]:
+    """Percentile interval of a paired difference from its bootstrap resamples."""
+    if len(differences) == 0:
+        return float("nan"), float("nan")
+    low, high = np.quantile(differences, [alpha / 2, 1 - alpha / 2])
+    return float(low), float(high)
