@@ -10,7 +10,7 @@ zero-shot SmolLM2 using unlabelled reviews only.
    Student: a MiniLM ``distill`` student trained on ``--unlabelled`` training reviews with their
    labels removed, so it learns from the teacher alone. How (``RECIPES``: soft labels on every
    review, as they are or sharpened, or the teacher's most confident share per label as hard
-   targets) is chosen on the 1,066 validation reviews; only the chosen recipe meets the test
+   targets) is chosen on the 1,275 validation reviews; only the chosen recipe meets the test
    split.
 
 Both are compared with their teachers on the test reviews (1,276) by promptkit's evaluator
@@ -115,9 +115,9 @@ RESULT = Path(__file__).parent / "results" / "distill.json"
 
 # how the student learns from the LLM, tried on validation: every review on soft labels alone
 # (as they are, or sharpened: temperature 0.3 raises the probabilities to the power 1/0.3 before
-# normalising them, since this teacher's sit between 0.37 and 0.68 for 90% of reviews), or the
-# teacher's most confident half / quarter, the same number per label, as hard labels (alpha 0) or
-# hard and soft together (alpha 0.5)
+# normalising them, since this teacher's sit between 0.37 and 0.68 for 90% of the first 500
+# validation reviews), or the teacher's most confident half / quarter, the same number per label,
+# as hard labels (alpha 0) or hard and soft together (alpha 0.5)
 RECIPES: dict[str, dict[str, object]] = {
     "soft": {"temperature": 1.0, "alpha": 1.0},
     "soft_sharpened": {"temperature": 0.3, "alpha": 1.0},

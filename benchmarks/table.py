@@ -148,10 +148,14 @@ def write_table(folder: Path) -> Path:
             small["accuracy_share_of_teacher"] >= 0.98 and small["speedup"] >= 1.8)
         llm = ds["from_zero_shot_llm"]
         student, teacher = llm["student_accuracy"], llm["teacher_accuracy"]
+        gain = llm.get("student_minus_teacher")
+        gained = (f"; student − teacher {gain['value']:+.3f} [{gain['low']:+.3f}, "
+                  f"{gain['high']:+.3f}]" if gain else "")
         row(f"MiniLM taught by zero-shot SmolLM2 on {llm['unlabelled_reviews']:,} unlabelled "
-            "reviews vs the teacher itself (accuracy, McNemar p)",
+            "reviews vs the teacher itself (accuracy, paired interval, McNemar p)",
             f"{student['value']:.3f} [{student['low']:.3f}, {student['high']:.3f}] vs "
-            f"{teacher['value']:.3f} (p = {llm['mcnemar_p']:.3g})", "beats the teacher",
+            f"{teacher['value']:.3f}{gained} (p = {llm['mcnemar_p']:.3g})",
+            "beats the teacher (p < 0.05)",
             student["value"] > teacher["value"] and llm["mcnemar_p"] < 0.05)
     if te := _load(folder, "train_efficiency"):
         reach, plain = te["time_to_plain_accuracy"], te["plain"]

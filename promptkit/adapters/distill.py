@@ -45,7 +45,13 @@ class DistillConfig(TrainingConfig):
         "teacher's weights when it is a fine-tuned classifier on the same model); or any model "
         "alias, id or path.",
     )
-    temperature: float = Field(2.0, gt=0, description="Softmax temperature of the soft labels.")
+    temperature: float = Field(
+        2.0,
+        gt=0,
+        description="Softmax temperature of the soft labels: above 1 softens them (a confident "
+        "teacher's runner-up labels show), below 1 sharpens them (a hesitant teacher whose "
+        "probabilities all sit near 1/K still teaches a clear ranking).",
+    )
     alpha: float = Field(
         0.5, ge=0, le=1, description="Weight of the soft (teacher) loss; 1 - alpha on hard labels."
     )

@@ -23,9 +23,9 @@ from promptkit.evaluation.results import (
 from promptkit.evaluation.stats import (
     Interval,
     bootstrap,
+    bootstrap_p_value,
     difference_interval,
     mcnemar_exact,
-    paired_bootstrap,
     paired_differences,
     paired_permutation,
 )
@@ -436,7 +436,7 @@ class Evaluator:
         )
         if repeats > 1:  # seeds of one example are not independent: resample examples whole
             test = f"paired bootstrap over examples ({repeats} seeds)"
-            p = paired_bootstrap(spec, a.batch, b.batch, n, differences=resampled)
+            p = bootstrap_p_value(resampled)
         elif spec.name == "accuracy":
             test = "McNemar exact"
             p = mcnemar_exact(a.batch.refs == a.batch.preds, b.batch.refs == b.batch.preds)[
@@ -447,7 +447,7 @@ class Evaluator:
             p = paired_permutation(spec.values(a.batch), spec.values(b.batch), seed=self.seed)
         else:
             test = "paired bootstrap"
-            p = paired_bootstrap(spec, a.batch, b.batch, n, differences=resampled)
+            p = bootstrap_p_value(resampled)
         low, high = difference_interval(resampled, self.alpha)
         return Comparison(a.name, b.name, spec.name, difference, p, test, p < self.alpha, low, high)
 

@@ -183,7 +183,15 @@ class Report:
         shown = [c for c in self.comparisons if full or c.metric == self.metric_names[0]]
         if shown:
             sig = Table(title=f"paired tests (alpha {self.alpha}, uncorrected)")
-            for column in ["a", "b", "metric", "a - b", "p", "test", "significant"]:
+            for column in [
+                "a",
+                "b",
+                "metric",
+                self._difference_column(),
+                "p",
+                "test",
+                "significant",
+            ]:
                 sig.add_column(column)
             for c in shown:
                 sig.add_row(*c.cells())
@@ -193,6 +201,9 @@ class Report:
         if not full and (len(names) < len(self.metric_names) or len(shown) < len(self.comparisons)):
             console.print("(all metrics and tests: report.md / report.html)")
         return buffer.getvalue()
+
+    def _difference_column(self) -> str:
+        return f"a − b [{round((1 - self.alpha) * 100)}% interval]"
 
     def markdown(self) -> str:
         level = round((1 - self.alpha) * 100)
@@ -239,7 +250,7 @@ class Report:
                 "",
                 f"## Paired tests (alpha {self.alpha}, uncorrected)",
                 "",
-                "| a | b | metric | a − b | p | test | significant |",
+                f"| a | b | metric | {self._difference_column()} | p | test | significant |",
                 "| --- | --- | --- | --- | --- | --- | --- |",
             ]
             lines += ["| " + " | ".join(c.cells()) + " |" for c in self.comparisons]
@@ -371,7 +382,7 @@ class Report:
 
     def section(self) -> dict[str, Any]:
         """What the HTML page shows for this report, as plain values for the page template."""
-        test_header = ["a", "b", "metric", "a − b", "p", "test", "significant"]
+        test_header = ["a", "b", "metric", self._difference_column(), "p", "test", "significant"]
         primary = self.metric_names[0] if self.metric_names else ""
         costs = self.cost_columns()
         return {

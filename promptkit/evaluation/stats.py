@@ -159,17 +159,19 @@ def paired_bootstrap(
     resamples: int = 1000,
     seed: int = 0,
     repeats: int = 1,
-    differences: np.ndarray | None = None,
 ) -> float:
-    """Two-sided p-value that metric(a) - metric(b) = 0, from the same resamples for both
-    (``differences``: those resamples' differences, when already drawn)."""
-    values = differences
-    if values is None:
-        values = paired_differences(spec, batch_a, batch_b, n, resamples, seed, repeats)
-    if len(values) == 0:
+    """Two-sided p-value that metric(a) - metric(b) = 0, from the same resamples for both."""
+    return bootstrap_p_value(
+        paired_differences(spec, batch_a, batch_b, n, resamples, seed, repeats)
+    )
+
+
+def bootstrap_p_value(differences: np.ndarray) -> float:
+    """Two-sided p-value that a paired difference is 0, from its bootstrap resamples."""
+    if len(differences) == 0:
         return 1.0
-    p_low = (np.sum(values <= 0) + 1) / (len(values) + 1)
-    p_high = (np.sum(values >= 0) + 1) / (len(values) + 1)
+    p_low = (np.sum(differences <= 0) + 1) / (len(differences) + 1)
+    p_high = (np.sum(differences >= 0) + 1) / (len(differences) + 1)
     return float(min(1.0, 2 * min(p_low, p_high)))
 
 
