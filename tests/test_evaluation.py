@@ -171,7 +171,7 @@ def test_paired_difference_interval_matches_the_normal_approximation():
     """a is right on all 400 examples, b on 300 (a random 300): the difference of accuracies is
     0.25 with standard error sqrt(0.25 * 0.75 / 400) = 0.0217 by the paired normal approximation;
     the bootstrap percentile interval sits there, and clear of zero."""
-    from promptkit.evaluation.stats import difference_interval, paired_differences
+    from promptkit.evaluation import difference_interval, paired_differences
 
     n = 400
     refs = np.ones(n, dtype=int)

@@ -6,8 +6,10 @@ from promptkit.evaluation.results import AdapterResult, Comparison
 from promptkit.evaluation.stats import (
     Interval,
     bootstrap,
+    difference_interval,
     mcnemar_exact,
     paired_bootstrap,
+    paired_differences,
     paired_permutation,
 )
 
@@ -18,7 +20,9 @@ __all__ = [
     "Interval",
     "Report",
     "bootstrap",
+    "difference_interval",
     "mcnemar_exact",
     "paired_bootstrap",
+    "paired_differences",
     "paired_permutation",
 ]

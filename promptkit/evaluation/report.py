@@ -183,15 +183,7 @@ class Report:
         shown = [c for c in self.comparisons if full or c.metric == self.metric_names[0]]
         if shown:
             sig = Table(title=f"paired tests (alpha {self.alpha}, uncorrected)")
-            for column in [
-                "a",
-                "b",
-                "metric",
-                self._difference_column(),
-                "p",
-                "test",
-                "significant",
-            ]:
+            for column in self._test_header():
                 sig.add_column(column)
             for c in shown:
                 sig.add_row(*c.cells())
@@ -202,8 +194,9 @@ class Report:
             console.print("(all metrics and tests: report.md / report.html)")
         return buffer.getvalue()
 
-    def _difference_column(self) -> str:
-        return f"a − b [{round((1 - self.alpha) * 100)}% interval]"
+    def _test_header(self) -> list[str]:
+        difference = f"a − b [{round((1 - self.alpha) * 100)}% interval]"
+        return ["a", "b", "metric", difference, "p", "test", "significant"]
 
     def markdown(self) -> str:
         level = round((1 - self.alpha) * 100)
@@ -250,7 +243,7 @@ class Report:
                 "",
                 f"## Paired tests (alpha {self.alpha}, uncorrected)",
                 "",
-                f"| a | b | metric | {self._difference_column()} | p | test | significant |",
+                "| " + " | ".join(self._test_header()) + " |",
                 "| --- | --- | --- | --- | --- | --- | --- |",
             ]
             lines += ["| " + " | ".join(c.cells()) + " |" for c in self.comparisons]
@@ -382,7 +375,7 @@ class Report:
 
     def section(self) -> dict[str, Any]:
         """What the HTML page shows for this report, as plain values for the page template."""
-        test_header = ["a", "b", "metric", self._difference_column(), "p", "test", "significant"]
+        test_header = self._test_header()
         primary = self.metric_names[0] if self.metric_names else ""
         costs = self.cost_columns()
         return {
